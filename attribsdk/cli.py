@@ -1,0 +1,123 @@
+"""The ``attribsdk`` command line: ``explain``, ``demo`` and ``cache``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .errors import AttribError
+
+app = typer.Typer(
+    name="attribsdk",
+    help="Explain what a closed LLM's answer was based on.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _run_explain(kwargs: dict[str, Any], explainer_kwargs: dict[str, Any], as_json: bool, top: int | None) -> None:
+    from .explainer import Explainer
+
+    with Explainer(**explainer_kwargs) as ex:
+        res = ex.explain_sync(**kwargs)
+    if as_json:
+        typer.echo(res.model_dump_json(indent=2))
+    else:
+        typer.echo(res.table(top))
+
+
+def _guard(fn: Any, *args: Any, debug: bool = False) -> None:
+    try:
+        fn(*args)
+    except typer.Exit:
+        raise
+    except AttribError as exc:
+        if debug:
+            raise
+        _fail(f"{type(exc).__name__}: {exc.message}")
+    except Exception as exc:
+        if debug:
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for a traceback)", code=1)
+
+
+@app.command()
+def explain(
+    question: Annotated[str, typer.Argument(help="The question or prompt ('-' reads stdin).")],
+    context: Annotated[list[str] | None, typer.Option("--context", "-c", help="A context document (repeatable).")] = None,
+    context_file: Annotated[list[Path] | None, typer.Option("--context-file", "-f", help="Read a context document from a file (repeatable).")] = None,
+    features: Annotated[str, typer.Option(help="words | sentences | paragraphs | documents")] = "sentences",
+    method: Annotated[str, typer.Option(help="rope-lime | rope-lime-loo")] = "rope-lime",
+    closed: Annotated[str, typer.Option(help="Closed model, e.g. local:smollm2, openai:gpt-4o-mini")] = "local:smollm2",
+    surrogate: Annotated[str, typer.Option(help="Surrogate: smollm2, gemma3-270m, a directory or a .gguf file")] = "smollm2",
+    answer: Annotated[str | None, typer.Option(help="Use this answer instead of calling the closed model.")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt (fixed, not a feature).")] = None,
+    seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32 | bfloat16")] = "float32",
+    top: Annotated[int | None, typer.Option(help="Show only the top N features.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the Explanation as JSON.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Explain one answer."""
+
+    def run() -> None:
+        q = sys.stdin.read() if question == "-" else question
+        docs: list[str] = list(context or [])
+        for p in context_file or []:
+            try:
+                docs.append(p.read_text(encoding="utf-8"))
+            except OSError as exc:
+                _fail(f"cannot read {p}: {exc.strerror}")
+        kwargs: dict[str, Any] = {
+            "question": q, "context": docs or None, "features": features, "answer": answer,
+            "system": system, "seed": seed,
+        }
+        _run_explain(kwargs, {"closed": closed, "surrogate": surrogate, "method": method,
+                              "device": device, "dtype": dtype}, as_json, top)
+
+    _guard(run, debug=debug)
+
+
+@app.command()
+def demo(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the Explanation as JSON.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Explain one HotpotQA answer with the embedded defaults (offline, no API key)."""
+    from ._demo import CONTEXT, QUESTION
+
+    def run() -> None:
+        typer.echo(f"Question: {QUESTION}\n")
+        _run_explain({"question": QUESTION, "context": CONTEXT, "features": "sentences"}, {}, as_json, None)
+
+    _guard(run, debug=debug)
+
+
+def _mount_optional() -> None:
+    try:
+        from .cache.cli import app as cache_app
+    except ImportError:  # pragma: no cover - cache CLI is part of the package
+        return
+    app.add_typer(cache_app, name="cache")
+
+
+_mount_optional()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

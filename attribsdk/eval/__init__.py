@@ -1,0 +1,1 @@
+"""Evaluation: datasets with gold feature labels and the metrics that score attributions."""

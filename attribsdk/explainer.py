@@ -1,0 +1,368 @@
+"""The Explainer: wires the stages together. Async first, with thin sync wrappers.
+
+    prompt → features → closed answer (adapter) → method (sampling → surrogate scores →
+    locality → regression) → Explanation
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from .adapters.base import ClosedModel, Completion, GenerationParams, Message, Usage
+from .adapters.registry import parse_model_string, resolve_closed_model
+from .errors import AttribError, ConfigError, InputError, ScoringError
+from .explanation import Counts, Explanation, Timings
+from .methods import Method, MethodParts, make_method
+from .prompt import Example, Prompt, build_prompt
+
+if TYPE_CHECKING:
+    from .scoring.base import Scorer
+    from .scoring.models import ModelStore
+
+__all__ = ["DEFAULT_CLOSED", "DEFAULT_SURROGATE", "Explainer"]
+
+DEFAULT_SURROGATE = "smollm2"
+DEFAULT_CLOSED = "local:smollm2"
+DEFAULT_PARAMS = GenerationParams(max_tokens=64, temperature=0.0)
+
+T = TypeVar("T")
+
+
+class Explainer:
+    """Explains closed-model answers.
+
+    Args:
+        closed: the closed model — a model string (``"local:smollm2"``, ``"openai:gpt-4o-mini"``…)
+            or any :class:`~attribsdk.adapters.base.ClosedModel`.
+        surrogate: the local surrogate — a name (``"smollm2"``, ``"gemma3-270m"``), a directory or
+            a ``.gguf`` path, or any :class:`~attribsdk.scoring.base.Scorer`.
+        method: a method name (``"rope-lime"``, ``"rope-lime-loo"``) or instance.
+        device, dtype: where and how local models run (``"auto"``: cuda > mps > cpu; ``"float32"``
+            by default, ``"bfloat16"`` opt-in).
+        seed: default seed of the perturbation sampler.
+        params: generation parameters for the closed call.
+        store: a :class:`~attribsdk.scoring.models.ModelStore` to share loaded models between
+            explainers; by default the explainer owns one and closes it.
+
+    Use as ``async with Explainer() as ex: await ex.explain(...)`` or, from synchronous code,
+    ``with Explainer() as ex: ex.explain_sync(...)``.
+    """
+
+    def __init__(
+        self,
+        closed: str | ClosedModel = DEFAULT_CLOSED,
+        surrogate: str | Scorer = DEFAULT_SURROGATE,
+        method: str | Method = "rope-lime",
+        *,
+        device: str = "auto",
+        dtype: str = "float32",
+        seed: int = 0,
+        params: GenerationParams | None = None,
+        store: ModelStore | None = None,
+    ) -> None:
+        self.method = make_method(method)
+        self.device = device
+        self.dtype = dtype
+        self.seed = seed
+        self.params = params or DEFAULT_PARAMS
+        self._closed_spec = closed
+        self._surrogate_spec = surrogate
+        self._store = store
+        self._owns_store = store is None
+        self._closed: ClosedModel | None = None
+        self._scorer: Scorer | None = None if isinstance(surrogate, str) else surrogate
+        self._init_lock: anyio.Lock | None = None
+        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
+        self._portal: BlockingPortal | None = None
+        self._closed_flag = False
+
+    def __repr__(self) -> str:
+        return (
+            f"Explainer(closed={self.closed_name!r}, surrogate={self.surrogate_name!r}, "
+            f"method={self.method.name!r})"
+        )
+
+    @property
+    def closed_name(self) -> str:
+        c = self._closed_spec
+        return c if isinstance(c, str) else c.name
+
+    @property
+    def surrogate_name(self) -> str:
+        s = self._surrogate_spec
+        return str(s) if isinstance(s, str) else s.name
+
+    # -- resources ------------------------------------------------------------------------------
+    def _get_store(self) -> ModelStore:
+        if self._store is None:
+            from .scoring.models import ModelStore
+
+            self._store = ModelStore()
+        return self._store
+
+    def _lock(self) -> anyio.Lock:
+        if self._init_lock is None:
+            self._init_lock = anyio.Lock()
+        return self._init_lock
+
+    async def closed_model(self) -> ClosedModel:
+        """The closed-model adapter (resolved on first use)."""
+        if self._closed_flag:
+            raise ConfigError("this Explainer is closed")
+        async with self._lock():
+            if self._closed is None:
+                spec = self._closed_spec
+                options: dict[str, Any] = {}
+                if isinstance(spec, str) and parse_model_string(spec)[0] == "local":
+                    options = {"store": self._get_store(), "device": self.device, "dtype": self.dtype}
+                self._closed = resolve_closed_model(spec, **options)
+            return self._closed
+
+    async def scorer(self) -> Scorer:
+        """The surrogate scorer (loaded on first use, in a worker thread)."""
+        if self._closed_flag:
+            raise ConfigError("this Explainer is closed")
+        async with self._lock():
+            if self._scorer is None:
+                store, spec = self._get_store(), self._surrogate_spec
+                assert isinstance(spec, str)
+                self._scorer = await anyio.to_thread.run_sync(
+                    lambda: store.get(spec, device=self.device, dtype=self.dtype)
+                )
+            return self._scorer
+
+    async def aclose(self) -> None:
+        """Release the closed-model client and the models this explainer loaded."""
+        if self._closed_flag:
+            return
+        self._closed_flag = True
+        if self._closed is not None:
+            await self._closed.aclose()
+        if self._owns_store and self._store is not None:
+            store = self._store
+            await anyio.to_thread.run_sync(store.close)
+        self._closed = None
+        self._scorer = None
+
+    async def __aenter__(self) -> Explainer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- explain --------------------------------------------------------------------------------
+    async def explain(
+        self,
+        question: str,
+        context: str | Sequence[str] | None = None,
+        *,
+        features: str | Sequence[tuple[int, int]] | Sequence[Sequence[tuple[int, int]]] = "sentences",
+        answer: str | None = None,
+        system: str | None = None,
+        template: str | None = None,
+        explain_question: bool = False,
+        method: str | Method | None = None,
+        seed: int | None = None,
+        language: str = "en",
+    ) -> Explanation:
+        """Explain the closed model's answer to ``question`` (about ``context``, if given).
+
+        Features are the context's ``features`` (granularity or explicit spans) or, without a
+        context, the question's. When ``answer`` is given the closed model is not called.
+        """
+        t0 = time.perf_counter()
+        prompt = build_prompt(
+            question, context, features=features, system=system, template=template,
+            explain_question=explain_question, language=language,
+        )
+        t_features = time.perf_counter() - t0
+        return await self.explain_prompt(
+            prompt, answer=answer, method=method, seed=seed, _t_features=t_features, _t_start=t0
+        )
+
+    async def explain_prompt(
+        self,
+        prompt: Prompt,
+        *,
+        answer: str | None = None,
+        method: str | Method | None = None,
+        seed: int | None = None,
+        _t_features: float = 0.0,
+        _t_start: float | None = None,
+    ) -> Explanation:
+        """Explain the answer to a ready :class:`~attribsdk.prompt.Prompt`."""
+        t_start = _t_start if _t_start is not None else time.perf_counter()
+        meth = self.method if method is None else make_method(method)
+        seed_v = self.seed if seed is None else seed
+
+        # 1. the closed answer: exactly one call, or none when the caller passes the answer
+        t0 = time.perf_counter()
+        completion = await self._answer(prompt, answer)
+        t_closed = time.perf_counter() - t0
+        if not completion.text.strip():
+            raise InputError("the closed model returned an empty answer; nothing to explain",
+                             partial={"completion": completion})
+
+        # 2. the method (sampling → scoring → locality → regression)
+        try:
+            scorer = await self.scorer()
+            closed = await self.closed_model() if getattr(meth, "needs_closed", False) else None
+            parts = MethodParts(scorer=scorer, closed=closed, params=self.params, seed=seed_v)
+            result = await meth.attribute(prompt, completion.text, parts)
+        except AttribError as exc:
+            exc.partial.setdefault("completion", completion)
+            raise
+        except Exception as exc:  # keep what was paid for: the answer travels with the error
+            raise ScoringError(f"{type(exc).__name__}: {exc}", partial={"completion": completion}) from exc
+
+        called = answer is None and not completion.cached
+        timings = Timings(
+            features=_t_features,
+            closed=t_closed,
+            sampling=result.timings.get("sampling", 0.0),
+            scoring=result.timings.get("scoring", 0.0),
+            locality=result.timings.get("locality", 0.0),
+            regression=result.timings.get("regression", 0.0),
+            total=time.perf_counter() - t_start,
+        )
+        return Explanation(
+            method=meth.name,
+            config=meth.config(),
+            seed=seed_v,
+            answer=completion.text,
+            answer_tokens=result.answer_tokens,
+            features=prompt.features,
+            attributions=[float(v) for v in result.attributions],
+            coefficients=[float(v) for v in result.coefficients],
+            intercept=result.intercept,
+            r2=result.r2,
+            closed_model=None if answer is not None else completion.model or self.closed_name,
+            surrogate=self.surrogate_name,
+            prompt=prompt.model_dump(mode="json"),
+            counts=Counts(
+                closed_calls=int(called),
+                http_attempts=completion.attempts if answer is None else 0,
+                cache_hits=int(answer is None and completion.cached),
+                surrogate_sequences=result.surrogate_sequences,
+                surrogate_tokens=result.surrogate_tokens,
+            ),
+            usage=completion.usage if called else Usage(),
+            timings=timings,
+            samples=result.samples,
+        )
+
+    async def _answer(self, prompt: Prompt, answer: str | None) -> Completion:
+        if answer is not None:
+            if not isinstance(answer, str) or not answer.strip():
+                raise InputError("`answer` must be a non-empty string")
+            return Completion(text=answer, model="given")
+        closed = await self.closed_model()
+        messages: list[Message] = list(prompt.render().messages)
+        return await closed.generate(messages, self.params)
+
+    async def explain_many(
+        self,
+        examples: Iterable[Example | dict[str, Any]],
+        *,
+        concurrency: int = 4,
+        progress: bool = False,
+        on_result: Callable[[int, Explanation | AttribError], None] | None = None,
+    ) -> list[Explanation | AttribError]:
+        """Explain many examples concurrently; one failure never cancels the others.
+
+        Returns one entry per example, in order: an :class:`Explanation` or the
+        :class:`~attribsdk.errors.AttribError` that example raised (with ``partial`` results).
+        ``on_result(index, result)`` is called as each example finishes.
+        """
+        items = [e if isinstance(e, Example) else Example.model_validate(e) for e in examples]
+        if concurrency < 1:
+            raise ConfigError("concurrency must be ≥ 1")
+        results: list[Explanation | AttribError | None] = [None] * len(items)
+        limiter = anyio.CapacityLimiter(concurrency)
+        bar = _progress(len(items), progress)
+
+        async def run_one(i: int, ex: Example) -> None:
+            async with limiter:
+                res: Explanation | AttribError
+                try:
+                    res = await self.explain_prompt(ex.to_prompt(), answer=ex.answer)
+                except AttribError as exc:
+                    res = exc
+                except Exception as exc:
+                    res = ScoringError(f"{type(exc).__name__}: {exc}")
+                results[i] = res
+                if on_result is not None:
+                    on_result(i, res)
+                bar(1)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for i, ex in enumerate(items):
+                    tg.start_soon(run_one, i, ex)
+        finally:
+            bar(0, close=True)
+        return [r for r in results if r is not None]
+
+    # -- sync wrappers --------------------------------------------------------------------------
+    def __enter__(self) -> Explainer:
+        self._portal_cm = start_blocking_portal()
+        self._portal = self._portal_cm.__enter__()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if self._portal is not None:
+                self._portal.call(self.aclose)
+        finally:
+            if self._portal_cm is not None:
+                self._portal_cm.__exit__(exc_type, exc, tb)
+            self._portal = self._portal_cm = None
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self._portal is None:
+            raise ConfigError("use `with Explainer() as ex:` before calling the *_sync methods")
+        return self._portal.call(lambda: fn(*args, **kwargs))
+
+    def explain_sync(self, question: str, context: str | Sequence[str] | None = None, **kw: Any) -> Explanation:
+        """Blocking :meth:`explain` (inside ``with Explainer() as ex:``)."""
+        result: Explanation = self._call(self.explain, question, context, **kw)
+        return result
+
+    def explain_prompt_sync(self, prompt: Prompt, **kw: Any) -> Explanation:
+        result: Explanation = self._call(self.explain_prompt, prompt, **kw)
+        return result
+
+    def explain_many_sync(
+        self, examples: Iterable[Example | dict[str, Any]], **kw: Any
+    ) -> list[Explanation | AttribError]:
+        result: list[Explanation | AttribError] = self._call(self.explain_many, list(examples), **kw)
+        return result
+
+
+def _progress(total: int, enabled: bool) -> Callable[..., None]:
+    """A rich progress bar advanced by ``bar(n)``; ``bar(0, close=True)`` stops it."""
+    if not enabled or total == 0:
+        return lambda n, close=False: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    prog = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), transient=False)
+    task = prog.add_task("explaining", total=total)
+    prog.start()
+
+    def advance(n: int, close: bool = False) -> None:
+        if n:
+            prog.advance(task, n)
+        if close:
+            prog.stop()
+
+    return advance

@@ -1,0 +1,142 @@
+"""The result of one explanation: a pydantic model that round-trips through JSON."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .adapters.base import Usage
+from .features import Feature
+
+__all__ = ["Counts", "Explanation", "RankedFeature", "Samples", "Timings"]
+
+SCHEMA_VERSION = 1
+
+
+class Counts(BaseModel):
+    """What an explanation consumed."""
+
+    closed_calls: int = 0  # calls that reached the closed model (cache hits excluded)
+    http_attempts: int = 0  # HTTP requests made for those calls, retries included
+    cache_hits: int = 0
+    surrogate_sequences: int = 0  # sequences teacher-forced through the surrogate
+    surrogate_tokens: int = 0  # non-padding tokens those sequences held
+
+
+class Timings(BaseModel):
+    """Wall-clock seconds per stage."""
+
+    features: float = 0.0
+    closed: float = 0.0
+    sampling: float = 0.0
+    scoring: float = 0.0
+    locality: float = 0.0
+    regression: float = 0.0
+    total: float = 0.0
+
+
+class Samples(BaseModel):
+    """The perturbations behind the fit (row 0 is the unmasked input).
+
+    ``masks[n][i]`` is 1 when feature i was kept in sample n; ``targets`` are the raw target values
+    (divergence from the unmasked input), ``distances``/``weights`` the locality kernel's output.
+    """
+
+    masks: list[list[int]]
+    targets: list[float]
+    distances: list[float]
+    weights: list[float]
+
+
+class RankedFeature(BaseModel):
+    rank: int
+    feature: Feature
+    attribution: float
+    coefficient: float
+
+
+class Explanation(BaseModel):
+    """Which features of the input the answer was based on.
+
+    ``attributions[i]`` is feature i's share of the total absolute effect (non-negative, sums to 1
+    unless every coefficient is 0); ``coefficients[i]`` is the signed regression coefficient:
+    positive means keeping the feature keeps the surrogate close to the answer (it supports it),
+    negative means the answer is more likely without it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    method: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = None
+    answer: str
+    answer_tokens: list[str] = Field(default_factory=list)
+    features: list[Feature]
+    attributions: list[float]
+    coefficients: list[float]
+    intercept: float = 0.0
+    r2: float | None = None
+    closed_model: str | None = None
+    surrogate: str | None = None
+    prompt: dict[str, Any] | None = None  # the Prompt as JSON data (see attribsdk.prompt.Prompt)
+    counts: Counts = Counts()
+    usage: Usage = Usage()
+    timings: Timings = Timings()
+    samples: Samples | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> Explanation:
+        m = len(self.features)
+        if len(self.attributions) != m or len(self.coefficients) != m:
+            raise ValueError(
+                f"{m} features but {len(self.attributions)} attributions and "
+                f"{len(self.coefficients)} coefficients"
+            )
+        return self
+
+    # -- views ------------------------------------------------------------------------------
+    def ranked(self) -> list[RankedFeature]:
+        """Features sorted by attribution (largest first; ties keep input order)."""
+        order = sorted(range(len(self.features)), key=lambda i: (-self.attributions[i], i))
+        return [
+            RankedFeature(
+                rank=r + 1, feature=self.features[i], attribution=self.attributions[i],
+                coefficient=self.coefficients[i],
+            )
+            for r, i in enumerate(order)
+        ]
+
+    def top(self, k: int = 3) -> list[Feature]:
+        """The ``k`` most important features."""
+        return [r.feature for r in self.ranked()[:k]]
+
+    def table(self, k: int | None = None, *, width: int = 100) -> str:
+        """A plain-text ranked table (``k`` rows at most)."""
+        rows = self.ranked()[: k if k is not None else None]
+        text_w = max(20, width - 32)
+        lines = [
+            f"Answer: {self.answer.strip()}",
+            f"Method: {self.method}   surrogate: {self.surrogate}   closed: {self.closed_model}",
+            f"{'rank':>4}  {'attr':>6}  {'signed':>9}  feature",
+        ]
+        for r in rows:
+            snippet = textwrap.shorten(" ".join(r.feature.text.split()), width=text_w, placeholder="…")
+            coef = r.coefficient
+            coef_s = f"{coef:+.2e}" if coef and (abs(coef) < 1e-3 or abs(coef) >= 1e3) else f"{coef:+.4f}"
+            attr_s = f"{r.attribution:.3f}" if math.isfinite(r.attribution) else "nan"
+            lines.append(f"{r.rank:>4}  {attr_s:>6}  {coef_s:>9}  {snippet}")
+        c = self.counts
+        lines.append(
+            f"closed calls {c.closed_calls} (cache hits {c.cache_hits}), surrogate sequences "
+            f"{c.surrogate_sequences} ({c.surrogate_tokens} tokens), {self.timings.total:.2f} s"
+        )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()

@@ -1,0 +1,142 @@
+"""Features and prompt rendering: offsets map back to the exact text; masking deletes text."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from attribsdk import Example, FeatureError, InputError, build_prompt
+from attribsdk.eval.datasets import load_hotpotqa
+from attribsdk.features import Part, segment_text
+from attribsdk.prompt import Document, Prompt
+
+TEXT = (
+    "Dr. Smith moved to Paris in 1999. He opened a bakery there!  Was it a success? "
+    "Yes: it still runs today.\n\nA second paragraph follows. It has two sentences."
+)
+
+
+@pytest.mark.parametrize("granularity", ["words", "sentences", "paragraphs", "documents"])
+def test_feature_offsets_map_back_to_exact_text(granularity: str) -> None:
+    docs = [TEXT, "  Another doc.  With padding. "]
+    prompt = build_prompt("Q?", docs, features=granularity)
+    feats = prompt.features
+    assert feats, granularity
+    for f in feats:
+        assert docs[f.source][f.start : f.end] == f.text
+        assert f.text == f.text.strip() and f.text
+    # features are in document order and never overlap
+    for a, b in itertools.pairwise(feats):
+        assert (a.source, a.end) <= (b.source, b.start)
+    assert [f.index for f in feats] == list(range(len(feats)))
+
+
+def test_sentence_splitting_handles_abbreviations_offline() -> None:
+    spans = segment_text(TEXT, "sentences")
+    sents = [TEXT[s:e] for s, e in spans]
+    assert sents[0] == "Dr. Smith moved to Paris in 1999."
+    assert "Was it a success?" in sents
+    assert sents[-1] == "It has two sentences."
+    assert len(segment_text(TEXT, "paragraphs")) == 2
+    words = "a  b\tc\n"
+    assert [words[s:e] for s, e in segment_text(words, "words")] == ["a", "b", "c"]
+
+
+def test_words_match_str_split() -> None:
+    q = "Among these elements which one has the highest atomic mass?"
+    prompt = build_prompt(q, features="words")
+    assert [f.text for f in prompt.features] == q.split()
+
+
+def test_masking_deletes_feature_text_and_collapses_whitespace() -> None:
+    prompt = build_prompt("the cat sat on the mat", features="words")
+    assert prompt.render([1, 0, 1, 1, 1, 1]).messages[-1].content == "the sat on the mat"
+    assert prompt.render([0, 1, 1, 1, 1, 0]).messages[-1].content == "cat sat on the"
+    paras = build_prompt("Q", "P one.\n\nP two.\n\nP three.", features="paragraphs")
+    content = paras.render([1, 0, 1]).messages[-1].content
+    assert "P one.\n\nP three." in content and "P two." not in content
+
+
+def test_rendered_spans_point_at_kept_features() -> None:
+    prompt = build_prompt("Who?", [TEXT, "Doc two."], features="sentences", system="Be brief.")
+    m = prompt.n_features
+    for keep in ([True] * m, [i % 2 == 0 for i in range(m)], [i == m - 1 for i in range(m)]):
+        r = prompt.render(keep)
+        assert r.messages[0].role == "system" and r.messages[-1].role == "user"
+        for f, span, k in zip(prompt.features, r.spans, keep, strict=True):
+            if not k:
+                assert span is None
+                assert f.text not in r.messages[span[0] if span else -1].content or f.text in "Doc two."
+                continue
+            assert span is not None
+            msg, s, e = span
+            assert r.messages[msg].content[s:e] == f.text
+        assert r.messages[-1].content.endswith("Question: Who?")
+
+
+def test_question_is_fixed_unless_explained() -> None:
+    fixed = build_prompt("What year?", "He left in 1999.", features="words")
+    assert all(f.slot == "context" for f in fixed.features)
+    both = build_prompt("What year?", "He left in 1999.", features="words", explain_question=True)
+    assert [f.text for f in both.features if f.slot == "question"] == ["What", "year?"]
+    r = both.render([True] * 4 + [False, True])
+    assert r.messages[-1].content.endswith("Question: year?")
+
+
+def test_explicit_spans_and_parts() -> None:
+    text = "alpha beta gamma"
+    prompt = build_prompt("Q", text, features=[(0, 5), (11, 16)])
+    assert [f.text for f in prompt.features] == ["alpha", "gamma"]
+    doc = Document(parts=(Part(text="Title: ", feature=False), Part(text="Body."),))
+    p = Prompt(template="{context}", documents=(doc,))
+    assert p.features[0].start == 7
+    assert p.render([False]).messages[-1].content == "Title: "  # fixed text stays
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"question": ""}, InputError),
+        ({"question": "Q", "context": []}, InputError),
+        ({"question": "Q", "context": "text", "features": "letters"}, FeatureError),
+        ({"question": "Q", "context": "   "}, FeatureError),
+        ({"question": "Q", "context": "abc", "features": [(2, 1)]}, FeatureError),
+        ({"question": "Q", "context": "abc", "features": [(0, 9)]}, FeatureError),
+        ({"question": "Q", "context": "abcdef", "features": [(0, 3), (2, 5)]}, FeatureError),
+        ({"question": "Q", "context": ["a b", "c"], "features": [[(0, 1)]]}, FeatureError),
+        ({"question": "Q", "context": "a", "template": "{context} {nope}"}, InputError),
+        ({"question": "Q", "context": "a", "template": "{context"}, InputError),
+    ],
+)
+def test_bad_inputs_raise_documented_errors(kwargs: dict[str, object], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        build_prompt(**kwargs)  # type: ignore[arg-type]
+
+
+def test_mask_length_checked_and_example_validation() -> None:
+    prompt = build_prompt("a b c", features="words")
+    with pytest.raises(InputError, match="3 features"):
+        prompt.render([True, False])
+    with pytest.raises(InputError):
+        Example()
+    ex = Example(question="Q?", context="One. Two.")
+    assert ex.to_prompt().n_features == 2
+    assert Example.model_validate_json(ex.model_dump_json()) == ex
+
+
+def test_prompt_round_trips_through_json() -> None:
+    prompt = build_prompt("Who?", [TEXT, "Doc two."], features="sentences", system="S")
+    again = Prompt.model_validate_json(prompt.model_dump_json())
+    assert again == prompt and again.render([True] * again.n_features) == prompt.render()
+
+
+def test_hotpotqa_paper_protocol_fixture() -> None:
+    ex = next(e for e in load_hotpotqa() if e.id == "5abd94525542992ac4f382d2")
+    texts = [f.text for f in ex.prompt.features]
+    assert ex.n_features == 6 and ex.bucket == "6-8"
+    assert [texts[i] for i in ex.gold] == [
+        "2014 S/S is the debut album of South Korean group WINNER.",
+        "Winner (band): Winner (Hangul: 위너), often stylized as WINNER, is a South Korean boy group formed "
+        "in 2013 by YG Entertainment and debuted in 2014."[len("Winner (band): "):],
+    ]
