@@ -64,8 +64,10 @@ DEFAULT_SCHEDULE: dict[tuple[int, int | None], tuple[KRule, CRule]] = {
     (12, None): ("2sqrt", "M"),
 }
 
-#: Attempts at drawing a row that is not already present before a duplicate is accepted.
-_DUPLICATE_RETRIES = 16
+#: Draws of a SparseK row (fresh tie-breaking) before trading features with an earlier row.
+_DUPLICATE_RETRIES = 8
+#: Attempts at such a trade before a duplicate row is accepted.
+_SWAP_TRIES = 64
 #: Rounds of batch draws :class:`Uniform` makes before giving up on unique rows.
 _UNIFORM_ROUNDS = 64
 
@@ -144,8 +146,9 @@ class SparseK(_SamplerBase):
 
     Balanced: each perturbation touches the features used least so far (ties broken at random), so
     every feature is touched ``floor(N·k/M)`` or ``ceil(N·k/M)`` times. A row equal to an earlier
-    one is redrawn (new tie-breaking) up to a few times; duplicates remain only where the balance
-    constraint or the number of distinct rows leaves no other choice.
+    one is redrawn with new tie-breaking a few times, then made new by trading one feature with an
+    earlier row (which leaves every use count as it was); duplicates remain only once all
+    ``C(M, k)`` distinct rows are used, or when a bounded search finds no trade.
     """
 
     kind: Literal["sparse_k"] = "sparse_k"
@@ -161,9 +164,7 @@ class SparseK(_SamplerBase):
         if value is None or (isinstance(value, str) and value in _K_MULTIPLIER):
             return value
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(
-                f"must be a positive integer or one of {sorted(_K_MULTIPLIER)}, got {value!r}"
-            )
+            raise ValueError(f"must be a positive integer or one of {sorted(_K_MULTIPLIER)}, got {value!r}")
         return int(value)
 
     @field_validator("c", mode="before")
@@ -219,21 +220,60 @@ class SparseK(_SamplerBase):
         if m == 1:
             masks[1:, 0] = False
             return masks
+        touched = np.zeros((n, m), dtype=bool)  # touched[i]: features perturbation i touches
         counts = np.zeros(m, dtype=np.int64)
-        seen: set[bytes] = set()
-        for row in range(1, n + 1):
+        seen: dict[bytes, int] = {}
+        n_distinct = math.comb(m, k)
+        for i in range(n):
             for _ in range(_DUPLICATE_RETRIES):
                 # Least-used features first; the random key breaks ties among equal counts.
-                touched = np.lexsort((rng.random(m), counts))[:k]
-                candidate = np.zeros(m, dtype=bool)
-                candidate[touched] = True
-                key = candidate.tobytes()
-                if key not in seen:
+                row = np.zeros(m, dtype=bool)
+                row[np.lexsort((rng.random(m), counts))[:k]] = True
+                if row.tobytes() not in seen:
                     break
-            seen.add(key)
-            counts[touched] += 1
-            masks[row] = ~candidate if self.mode == "mask" else candidate
+            else:
+                if len(seen) < n_distinct:
+                    row = _swap_out_duplicate(row, touched[:i], counts, seen, rng)
+            touched[i] = row
+            counts += row
+            seen[row.tobytes()] = seen.get(row.tobytes(), 0) + 1
+        masks[1:] = ~touched if self.mode == "mask" else touched
         return masks
+
+
+def _swap_out_duplicate(
+    row: np.ndarray,
+    earlier: np.ndarray,
+    counts: np.ndarray,
+    seen: dict[bytes, int],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Make ``row`` new by trading one feature with an earlier row: both keep k features and,
+    once ``row`` is added, every feature has the use count it would have had, so the balance is
+    intact. Updates ``earlier``, ``counts`` (of ``earlier``) and ``seen`` in place; returns ``row``
+    unchanged when no trade is found within a bounded number of tries."""
+    for _ in range(_SWAP_TRIES if len(earlier) else 0):
+        j = int(rng.integers(len(earlier)))
+        give = np.flatnonzero(row & ~earlier[j])  # leaves row, joins earlier[j]
+        take = np.flatnonzero(earlier[j] & ~row)  # leaves earlier[j], joins row
+        if not give.size or not take.size:
+            continue
+        a, b = int(rng.choice(give)), int(rng.choice(take))
+        new_row, new_other = row.copy(), earlier[j].copy()
+        new_row[a], new_row[b] = False, True
+        new_other[b], new_other[a] = False, True
+        old_key, row_key, other_key = earlier[j].tobytes(), new_row.tobytes(), new_other.tobytes()
+        if row_key in seen or other_key in seen:
+            continue
+        seen[old_key] -= 1
+        if not seen[old_key]:
+            del seen[old_key]
+        seen[other_key] = seen.get(other_key, 0) + 1
+        earlier[j] = new_other
+        counts[a] += 1
+        counts[b] -= 1
+        return new_row
+    return row
 
 
 def _schedule_for(m: int) -> tuple[KRule, CRule]:

@@ -1,0 +1,204 @@
+"""Stage 6: fit a weighted linear model of the surrogate's target on the keep-masks.
+
+The coefficient of feature ``i`` is its attribution: how much keeping it moves the target.
+Solvers are frozen pydantic models with a ``kind`` discriminator (see :data:`SolverConfig`); any
+object with a :class:`Solver` ``fit`` method can be used in their place.
+
+Shapes: N samples, M features.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeAlias, overload, runtime_checkable
+
+import numpy as np
+import scipy.linalg
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError, InputError
+
+__all__ = ["WLS", "LinearFit", "Solver", "SolverConfig", "make_solver", "normalize_attributions"]
+
+
+@dataclass(frozen=True)
+class LinearFit:
+    """A fitted linear model ``y ≈ Z @ coef + intercept``.
+
+    ``coef``: ``[M]`` float64. ``r2``: weighted coefficient of determination on the samples used.
+    ``n_samples``: samples with positive weight (the only ones that enter the fit).
+    """
+
+    coef: np.ndarray
+    intercept: float
+    r2: float
+    n_samples: int
+
+    def predict(self, z: np.ndarray) -> np.ndarray:
+        """``[N]`` predictions for ``[N, M]`` inputs."""
+        z = np.asarray(z, dtype=np.float64)
+        if z.ndim != 2 or z.shape[1] != self.coef.shape[0]:
+            raise InputError(f"expected inputs of shape [N, {self.coef.shape[0]}], got {z.shape}")
+        return np.asarray(z @ self.coef + self.intercept)
+
+
+@runtime_checkable
+class Solver(Protocol):
+    """Fits ``y`` on ``Z`` with per-sample weights ``w``."""
+
+    def fit(self, Z: np.ndarray, y: np.ndarray, w: np.ndarray) -> LinearFit:
+        """``Z``: ``[N, M]``, ``y``: ``[N]``, ``w``: ``[N]`` non-negative sample weights."""
+        ...
+
+
+def _describe(owner: str, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        cause = err.get("ctx", {}).get("error")
+        msg = str(cause) if isinstance(cause, Exception) else err["msg"]
+        parts.append(f"{owner}.{loc}: {msg}" if loc else f"{owner}: {msg}")
+    return "invalid " + "; ".join(parts)
+
+
+class _SolverBase(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    if not TYPE_CHECKING:  # keep the field-derived signature for type checkers
+
+        def __init__(self, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                raise ConfigError(_describe(type(self).__name__, exc)) from exc
+
+
+def _check_inputs(Z: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    z = np.asarray(Z, dtype=np.float64)
+    if z.ndim != 2 or z.shape[0] < 1 or z.shape[1] < 1:
+        raise InputError(f"Z must be a non-empty [N, M] matrix, got shape {z.shape}")
+    n = z.shape[0]
+    yv = np.asarray(y, dtype=np.float64)
+    wv = np.asarray(w, dtype=np.float64)
+    if yv.shape != (n,):
+        raise InputError(f"y must have shape [{n}] to match Z, got {yv.shape}")
+    if wv.shape != (n,):
+        raise InputError(f"w must have shape [{n}] to match Z, got {wv.shape}")
+    if bad := int((~np.isfinite(z)).sum()):
+        raise InputError(f"Z contains {bad} NaN or infinite values")
+    if bad := int((~np.isfinite(yv)).sum()):
+        raise InputError(f"y contains {bad} NaN or infinite values out of {n}")
+    if bad := int((~np.isfinite(wv)).sum()):
+        raise InputError(f"w contains {bad} NaN or infinite values out of {n}")
+    if bad := int((wv < 0).sum()):
+        raise InputError(f"w contains {bad} negative weights; sample weights must be >= 0")
+    if not (wv > 0).any():
+        raise InputError("every sample weight is 0: nothing to fit")
+    return z, yv, wv
+
+
+class WLS(_SolverBase):
+    """Weighted least squares with an intercept and optional ridge penalty.
+
+    Minimises ``Σ_n w_n (y_n − z_n·β − b)² + ridge · ‖β‖²``. The intercept ``b`` is not penalised:
+    ``Z`` and ``y`` are centred by their weighted means, the penalty enters as ``√ridge · I`` rows
+    appended to the ``√w``-scaled system, and :func:`scipy.linalg.lstsq` solves it. ``ridge`` is in
+    the units of the weighted sum (as scikit-learn's ``Ridge(alpha)`` with ``sample_weight``).
+    Samples with weight 0 are dropped. When the system is underdetermined (no ridge and fewer
+    informative samples than features), ``lstsq`` returns the minimum-norm ``β``.
+    """
+
+    kind: Literal["wls"] = "wls"
+    ridge: float = 0.0
+
+    @field_validator("ridge", mode="before")
+    @classmethod
+    def _check_ridge(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"must be a number >= 0, got {value!r}")
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"must be finite and >= 0, got {value!r}")
+        return float(value)
+
+    def fit(self, Z: np.ndarray, y: np.ndarray, w: np.ndarray) -> LinearFit:
+        """Fit ``Z`` ``[N, M]`` to ``y`` ``[N]`` with weights ``w`` ``[N]`` (finite, >= 0).
+
+        ``r2`` is the weighted R² (1.0 when ``y`` is constant over the used samples, which the
+        intercept fits exactly). Raises :class:`~attribsdk.errors.InputError` for bad shapes,
+        non-finite values, negative weights or all-zero weights.
+        """
+        z, yv, wv = _check_inputs(Z, y, w)
+        used = wv > 0
+        z, yv, wv = z[used], yv[used], wv[used]
+        m = z.shape[1]
+        total = wv.sum()
+        z_mean = wv @ z / total
+        y_mean = float(wv @ yv / total)
+        root = np.sqrt(wv)
+        a = (z - z_mean) * root[:, None]
+        b = (yv - y_mean) * root
+        if self.ridge > 0:
+            a = np.vstack([a, math.sqrt(self.ridge) * np.eye(m)])
+            b = np.concatenate([b, np.zeros(m)])
+        coef = np.asarray(scipy.linalg.lstsq(a, b, check_finite=False)[0], dtype=np.float64)
+        intercept = y_mean - float(z_mean @ coef)
+        residual = yv - z @ coef - intercept
+        ss_res = float(wv @ residual**2)
+        ss_tot = float(wv @ (yv - y_mean) ** 2)
+        r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 and np.ptp(yv) > 0 else 1.0
+        return LinearFit(coef=coef, intercept=intercept, r2=r2, n_samples=int(used.sum()))
+
+
+def normalize_attributions(coef: np.ndarray) -> np.ndarray:
+    """Attribution shares ``a_i = |β_i| / Σ_j |β_j|`` (``[M]`` float64, summing to 1).
+
+    All-zero coefficients carry no attribution: the result is all zeros (not NaN).
+    """
+    c = np.asarray(coef, dtype=np.float64)
+    if c.ndim != 1:
+        raise InputError(f"coef must be 1-D, got shape {c.shape}")
+    if not np.isfinite(c).all():
+        raise InputError("coef contains NaN or infinite values")
+    magnitude = np.abs(c)
+    total = magnitude.sum()
+    return magnitude / total if total > 0 else np.zeros_like(magnitude)
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+#: Any shipped solver configuration, discriminated by ``kind`` (JSON round-trip safe).
+SolverConfig: TypeAlias = Annotated[WLS, Field(discriminator="kind")]
+
+_SOLVERS: dict[str, type[WLS]] = {"wls": WLS}
+
+
+@overload
+def make_solver(spec: str | Mapping[str, Any] | WLS) -> WLS: ...
+@overload
+def make_solver(spec: Solver) -> Solver: ...
+def make_solver(spec: str | Mapping[str, Any] | Solver) -> Solver:
+    """A solver from a name (``"wls"``), a dict with a ``kind`` key (``{"kind": "wls",
+    "ridge": 1.0}``), or a :class:`Solver` (returned unchanged).
+
+    Raises :class:`~attribsdk.errors.ConfigError` for unknown names and invalid settings.
+    """
+    known = ", ".join(sorted(_SOLVERS))
+    if isinstance(spec, str):
+        cls = _SOLVERS.get(spec.strip().lower().replace("-", "_"))
+        if cls is None:
+            raise ConfigError(f"unknown solver {spec!r}; known solvers: {known}")
+        return cls()
+    if isinstance(spec, Mapping):
+        kind = spec.get("kind")
+        if not isinstance(kind, str) or kind not in _SOLVERS:
+            raise ConfigError(f"solver config needs a 'kind' among {known}, got {kind!r}")
+        if not all(isinstance(key, str) for key in spec):
+            raise ConfigError("solver config keys must be strings")
+        return _SOLVERS[kind](**spec)  # invalid settings raise ConfigError
+    if isinstance(spec, Solver):
+        return spec
+    raise ConfigError(
+        f"solver must be a name ({known}), a dict with a 'kind', or a Solver; got {type(spec).__name__}"
+    )
