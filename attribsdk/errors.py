@@ -13,15 +13,24 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "APIStatusError",
     "AdapterError",
     "AttribError",
+    "AuthenticationError",
+    "BudgetExceeded",
     "ConfigError",
     "ContextWindowError",
     "FeatureError",
     "InputError",
+    "InvalidResponseError",
+    "LogprobsUnavailableError",
     "ModelLoadError",
     "ModelNotFoundError",
+    "RateLimitError",
+    "RequestTimeoutError",
     "ScoringError",
+    "TransportError",
+    "TruncatedOutputError",
 ]
 
 
@@ -72,4 +81,108 @@ class ScoringError(AttribError, RuntimeError):
 
 
 class AdapterError(AttribError, RuntimeError):
-    """A closed-model adapter failed (bad response, refused request, transport failure)."""
+    """A closed-model adapter failed (bad response, refused request, transport failure).
+
+    ``attempts`` is the number of HTTP attempts made before giving up (0 when none was made).
+    When the provider did answer (and probably billed) before the error was raised, the answer is
+    in ``partial["completion"]`` so that cost accounting still sees it.
+
+    Subclasses::
+
+        AdapterError
+        ├── APIStatusError            the provider answered with an HTTP error status
+        │   ├── AuthenticationError   401/403: bad or missing key (never retried)
+        │   └── RateLimitError        429 that outlasted every retry
+        ├── TransportError            connection failed or dropped, after retries
+        │   └── RequestTimeoutError   an attempt timed out, or the per-call deadline passed
+        ├── InvalidResponseError      the response was not valid JSON or not the expected schema
+        ├── TruncatedOutputError      the answer hit ``max_tokens`` and truncation was not allowed
+        └── LogprobsUnavailableError  log-probabilities were asked for and the model cannot give them
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        partial: dict[str, Any] | None = None,
+        attempts: int = 0,
+        provider: str | None = None,
+    ) -> None:
+        super().__init__(message, partial=partial)
+        self.attempts = attempts
+        self.provider = provider
+
+
+class APIStatusError(AdapterError):
+    """The provider answered with an HTTP error status (``status_code``) that was not retried away."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        request_id: str | None = None,
+        partial: dict[str, Any] | None = None,
+        attempts: int = 0,
+        provider: str | None = None,
+    ) -> None:
+        super().__init__(message, partial=partial, attempts=attempts, provider=provider)
+        self.status_code = status_code
+        self.request_id = request_id
+
+
+class AuthenticationError(APIStatusError):
+    """The provider rejected the credentials (HTTP 401/403). Never retried."""
+
+
+class RateLimitError(APIStatusError):
+    """The provider kept answering HTTP 429 until the retry policy gave up."""
+
+
+class TransportError(AdapterError):
+    """The connection failed or was dropped before a complete response arrived, after retries."""
+
+
+class RequestTimeoutError(TransportError):
+    """An HTTP attempt timed out and retries ran out, or the per-call deadline passed."""
+
+
+class InvalidResponseError(AdapterError):
+    """The provider's response was not valid JSON or did not have the expected shape."""
+
+
+class TruncatedOutputError(AdapterError):
+    """The answer stopped at ``max_tokens`` (finish reason ``length``) and truncation was not allowed.
+
+    The truncated completion is in ``partial["completion"]``; it is never cached.
+    """
+
+
+class LogprobsUnavailableError(AdapterError):
+    """Token log-probabilities were requested but the model or provider does not return them."""
+
+
+class BudgetExceeded(AttribError):
+    """A call was refused because it could exceed the budget; nothing was sent.
+
+    ``spent_usd`` and ``calls`` are what was spent and made before the refusal, ``estimate_usd``
+    the worst-case cost of the refused call; the full cost report is in ``partial["report"]``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        spent_usd: float,
+        calls: int,
+        estimate_usd: float | None,
+        max_usd: float | None,
+        max_calls: int | None,
+        partial: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, partial=partial)
+        self.spent_usd = spent_usd
+        self.calls = calls
+        self.estimate_usd = estimate_usd
+        self.max_usd = max_usd
+        self.max_calls = max_calls

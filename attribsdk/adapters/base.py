@@ -10,7 +10,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ClosedModel", "Completion", "GenerationParams", "Message", "Usage"]
+__all__ = ["ClosedModel", "Completion", "GenerationParams", "Message", "TokenLogprob", "Usage"]
 
 Role = Literal["system", "user", "assistant"]
 
@@ -64,6 +64,17 @@ class Usage(BaseModel):
         )
 
 
+class TokenLogprob(BaseModel):
+    """One generated token with its log-probability (natural log) and the most likely alternatives."""
+
+    model_config = ConfigDict(frozen=True)
+
+    token: str
+    logprob: float
+    #: ``(token, logprob)`` for the ``top_logprobs`` most likely tokens at this position, best first.
+    top: tuple[tuple[str, float], ...] = ()
+
+
 class Completion(BaseModel):
     """A closed model's answer, normalised."""
 
@@ -77,6 +88,8 @@ class Completion(BaseModel):
     cached: bool = False
     #: HTTP attempts made for this completion (0 for local models and cache hits).
     attempts: int = 0
+    #: Per-token log-probabilities of ``text`` when ``GenerationParams.logprobs`` was set.
+    logprobs: list[TokenLogprob] | None = None
 
 
 @runtime_checkable

@@ -20,6 +20,9 @@ Factory = Callable[..., ClosedModel]
 #: prefix → "module:attribute" of its factory (lazy) or the factory itself.
 PROVIDERS: dict[str, str | Factory] = {
     "local": "attribsdk.adapters.local:LocalClosedModel.from_name",
+    "openai": "attribsdk.adapters.openai:OpenAIModel",
+    "openai-compatible": "attribsdk.adapters.openai:OpenAIModel.compatible_from_spec",
+    "anthropic": "attribsdk.adapters.anthropic:AnthropicModel",
 }
 
 

@@ -1,0 +1,153 @@
+"""Pieces shared by the HTTP adapters: credentials, base URLs, error classification, JSON parsing."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
+
+from ..errors import (
+    AdapterError,
+    APIStatusError,
+    AuthenticationError,
+    ConfigError,
+    InvalidResponseError,
+    LogprobsUnavailableError,
+    RateLimitError,
+)
+from ._retry import RetryableFailure, is_retryable_status, parse_retry_after
+
+__all__ = [
+    "check_base_url",
+    "parse_json_object",
+    "redact",
+    "resolve_api_key",
+    "status_failure",
+]
+
+
+def resolve_api_key(
+    api_key: str | SecretStr | None, api_key_env: str | None, *, required: bool, label: str
+) -> SecretStr | None:
+    """The API key from ``api_key`` or else the environment variable ``api_key_env``.
+
+    Raises :class:`ConfigError` when ``required`` and neither gives a non-empty key, or when
+    ``api_key_env`` is named but unset (naming a variable means the caller expects a key there).
+    """
+    if isinstance(api_key, SecretStr):
+        api_key = api_key.get_secret_value()
+    if api_key is not None and not isinstance(api_key, str):
+        raise ConfigError(f"{label}: api_key must be a string or SecretStr, got {type(api_key).__name__}")
+    if api_key:
+        return SecretStr(api_key)
+    if api_key_env:
+        value = os.environ.get(api_key_env, "")
+        if value:
+            return SecretStr(value)
+        raise ConfigError(
+            f"{label}: no API key; the environment variable {api_key_env} is unset or empty "
+            "(set it, or pass api_key=...)"
+        )
+    if required:
+        raise ConfigError(f"{label}: no API key given (pass api_key=... or api_key_env=...)")
+    return None
+
+
+def check_base_url(url: str, *, label: str) -> str:
+    """Validate an ``http(s)`` base URL without credentials in it; returns it without a trailing ``/``."""
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError(f"{label}: base_url must be a non-empty URL such as http://127.0.0.1:8000/v1")
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{label}: base_url {url!r} must be an http:// or https:// URL with a host")
+    if parts.username or parts.password:
+        raise ConfigError(f"{label}: base_url must not contain credentials; pass the key via api_key_env")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{label}: base_url must not contain a query string or fragment")
+    return url.strip().rstrip("/")
+
+
+def redact(text: str, secret: SecretStr | None) -> str:
+    """``text`` with every occurrence of the secret replaced by ``***``."""
+    if secret is None:
+        return text
+    value = secret.get_secret_value()
+    return text.replace(value, "***") if value else text
+
+
+def _error_message(body: object, fallback: str) -> str:
+    if isinstance(body, Mapping):
+        err = body.get("error")
+        if isinstance(err, Mapping) and isinstance(err.get("message"), str):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+        if isinstance(body.get("message"), str):
+            return str(body["message"])
+    return fallback
+
+
+def status_failure(
+    *,
+    status: int,
+    headers: Mapping[str, str],
+    body: object,
+    fallback_message: str,
+    label: str,
+    provider: str,
+    request_id: str | None,
+    secret: SecretStr | None,
+    logprobs_requested: bool = False,
+) -> AdapterError | RetryableFailure:
+    """Classify an HTTP error status: a :class:`RetryableFailure` to retry, or a final error to raise.
+
+    408/409/429/5xx are retried unless the server says ``x-should-retry: false``; every other status
+    is final. 401/403 give :class:`AuthenticationError`; a 400 about logprobs when they were
+    requested gives :class:`LogprobsUnavailableError`.
+    """
+    detail = redact(_error_message(body, fallback_message), secret)
+    message = f"{label}: HTTP {status}: {detail}"
+    should_retry = {k.lower(): v for k, v in headers.items()}.get("x-should-retry", "").lower()
+    retryable = (
+        is_retryable_status(status) if should_retry not in ("true", "false") else should_retry == "true"
+    )
+    if status == 429:
+        error: AdapterError = RateLimitError(
+            message, status_code=status, request_id=request_id, provider=provider
+        )
+    elif status in (401, 403):
+        hint = " (check the API key and its permissions)"
+        return AuthenticationError(
+            message + hint, status_code=status, request_id=request_id, provider=provider
+        )
+    elif logprobs_requested and status in (400, 422) and "logprob" in detail.lower():
+        return LogprobsUnavailableError(
+            f"{label}: the model refused to return log-probabilities: {detail}", provider=provider
+        )
+    else:
+        error = APIStatusError(message, status_code=status, request_id=request_id, provider=provider)
+    if retryable:
+        return RetryableFailure(error, retry_after=parse_retry_after(headers))
+    return error
+
+
+def parse_json_object(text: str, *, label: str, provider: str) -> dict[str, Any]:
+    """Parse a response body that must be one JSON object; a malformed one is a retryable failure."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        error = InvalidResponseError(
+            f"{label}: the response body is not valid JSON ({exc.__class__.__name__}: {exc})",
+            provider=provider,
+        )
+        raise RetryableFailure(error) from exc
+    if not isinstance(data, dict):
+        error = InvalidResponseError(
+            f"{label}: expected a JSON object, got {type(data).__name__}", provider=provider
+        )
+        raise RetryableFailure(error)
+    return data

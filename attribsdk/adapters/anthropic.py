@@ -1,0 +1,245 @@
+"""Anthropic closed models through the Messages API (``"anthropic:claude-haiku-4-5"``).
+
+The official ``anthropic.AsyncAnthropic`` client does the HTTP with its own retries off
+(``max_retries=0``). Sampling parameters (``temperature``, ``top_p``) travel in ``extra_body`` as the
+current SDK requires. Anthropic returns no token log-probabilities, so asking for them is an error
+raised before anything is sent. ``seed`` has no Anthropic equivalent and is not sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from ..errors import (
+    AdapterError,
+    ConfigError,
+    InputError,
+    InvalidResponseError,
+    LogprobsUnavailableError,
+    RequestTimeoutError,
+    TransportError,
+    TruncatedOutputError,
+)
+from ._common import check_base_url, parse_json_object, redact, resolve_api_key, status_failure
+from ._retry import RetryableFailure, RetryPolicy, call_with_retries
+from .base import Completion, GenerationParams, Message, Usage
+
+__all__ = ["AnthropicModel"]
+
+#: Body keys sent through ``extra_body`` rather than as SDK arguments.
+_SAMPLING_KEYS = ("temperature", "top_p")
+
+#: Anthropic stop reasons → the normalised finish reasons used by :class:`Completion`.
+_FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "refusal": "refusal",
+}
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Block(_Lenient):
+    type: str
+    text: str | None = None
+
+
+class _Usage(_Lenient):
+    input_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+
+
+class _MessageResponse(_Lenient):
+    model: str | None = None
+    content: list[_Block]
+    stop_reason: str | None = None
+    usage: _Usage
+
+
+class AnthropicModel:
+    """A Claude model behind the Anthropic Messages API.
+
+    Args:
+        model: the model name, e.g. ``"claude-haiku-4-5"``.
+        base_url: API root without ``/v1`` (a proxy or a test server); default Anthropic's.
+        api_key: the key itself (``str`` or ``SecretStr``); wins over ``api_key_env``.
+        api_key_env: environment variable holding the key (default ``ANTHROPIC_API_KEY``).
+        timeout: seconds allowed for one HTTP attempt.
+        retry: retry policy (attempts, backoff, per-call deadline).
+        allow_truncated: return answers cut at ``max_tokens`` instead of raising
+            :class:`~attribsdk.errors.TruncatedOutputError`.
+        http_client: an ``httpx2.AsyncClient`` for the SDK; closed by :meth:`aclose`.
+
+    System messages are joined into the ``system`` field. Use one instance inside one event loop.
+    """
+
+    provider = "anthropic"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | SecretStr | None = None,
+        api_key_env: str | None = "ANTHROPIC_API_KEY",
+        timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+        allow_truncated: bool = False,
+        http_client: Any = None,
+    ) -> None:
+        if not isinstance(model, str) or not model.strip():
+            raise ConfigError("AnthropicModel: model must be a non-empty string such as 'claude-haiku-4-5'")
+        self.model = model.strip()
+        label = f"anthropic:{self.model}"
+        self.base_url = check_base_url(base_url, label=label) if base_url is not None else None
+        if not (timeout > 0):
+            raise ConfigError(f"{label}: timeout must be > 0 seconds, got {timeout!r}")
+        self.timeout = float(timeout)
+        self.retry = retry or RetryPolicy()
+        self.allow_truncated = allow_truncated
+        self._api_key = resolve_api_key(api_key, api_key_env, required=True, label=label)
+        self._http_client = http_client
+        self._sdk: anthropic.AsyncAnthropic | None = None
+
+    @property
+    def name(self) -> str:
+        """``anthropic:<model>``."""
+        return f"anthropic:{self.model}"
+
+    def __repr__(self) -> str:
+        return f"AnthropicModel(name={self.name!r}, timeout={self.timeout})"
+
+    def describe_request(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
+        """The final request (``extra_body`` merged in) as JSON-able data, for cache keys."""
+        return {"provider": self.provider, "endpoint": "messages", "body": self._body(messages, params)}
+
+    async def generate(self, messages: list[Message], params: GenerationParams) -> Completion:
+        """One completion; retried per :attr:`retry`; ``Completion.attempts`` counts HTTP attempts."""
+        if params.logprobs:
+            raise LogprobsUnavailableError(
+                f"{self.name}: Anthropic models do not return token log-probabilities; "
+                "use a method that needs only the answer text",
+                provider=self.provider,
+            )
+        body = self._body(messages, params)
+        kwargs = {k: v for k, v in body.items() if k not in _SAMPLING_KEYS}
+        kwargs["extra_body"] = {k: body[k] for k in _SAMPLING_KEYS if k in body}
+
+        async def attempt() -> Completion:
+            return await self._attempt(kwargs)
+
+        completion, attempts = await call_with_retries(attempt, self.retry, label=self.name)
+        completion = completion.model_copy(update={"attempts": attempts})
+        if completion.finish_reason == "length" and not self.allow_truncated:
+            raise TruncatedOutputError(
+                f"{self.name}: the answer was cut at max_tokens={params.max_tokens}; raise max_tokens "
+                "or allow truncated answers",
+                partial={"completion": completion},
+                attempts=attempts,
+                provider=self.provider,
+            )
+        return completion
+
+    async def aclose(self) -> None:
+        """Close the SDK client (and the ``http_client`` given to it)."""
+        sdk, self._sdk = self._sdk, None
+        if sdk is not None:
+            await sdk.close()
+
+    # ------------------------------------------------------------------ internals
+    def _client(self) -> anthropic.AsyncAnthropic:
+        if self._sdk is None:
+            assert self._api_key is not None
+            self._sdk = anthropic.AsyncAnthropic(
+                api_key=self._api_key.get_secret_value(),
+                base_url=self.base_url,
+                max_retries=0,
+                timeout=self.timeout,
+                http_client=self._http_client,
+            )
+        return self._sdk
+
+    def _body(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
+        system = "\n\n".join(m.content for m in messages if m.role == "system")
+        turns = [{"role": m.role, "content": m.content} for m in messages if m.role != "system"]
+        if not turns:
+            raise InputError(f"{self.name}: the Messages API needs at least one user message")
+        body: dict[str, Any] = {"model": self.model, "max_tokens": params.max_tokens, "messages": turns}
+        if system:
+            body["system"] = system
+        if params.stop:
+            body["stop_sequences"] = list(params.stop)
+        body["temperature"] = params.temperature
+        if params.top_p is not None:
+            body["top_p"] = params.top_p
+        return body
+
+    async def _attempt(self, kwargs: dict[str, Any]) -> Completion:
+        client = self._client()
+        try:
+            raw = await client.messages.with_raw_response.create(**kwargs)
+            text = (await raw.read()).decode("utf-8", errors="replace")
+        except anthropic.APITimeoutError as exc:
+            timed_out = RequestTimeoutError(
+                f"{self.name}: an attempt got no answer within {self.timeout} s", provider=self.provider
+            )
+            raise RetryableFailure(timed_out) from exc
+        except anthropic.APIConnectionError as exc:
+            error = TransportError(
+                f"{self.name}: connection failed ({redact(str(exc), self._api_key)})", provider=self.provider
+            )
+            raise RetryableFailure(error) from exc
+        except anthropic.APIStatusError as exc:
+            raise status_failure(
+                status=exc.status_code,
+                headers=exc.response.headers,
+                body=exc.body,
+                fallback_message=exc.message,
+                label=self.name,
+                provider=self.provider,
+                request_id=exc.request_id,
+                secret=self._api_key,
+            ) from exc
+        except anthropic.AnthropicError as exc:
+            raise AdapterError(
+                f"{self.name}: {redact(str(exc), self._api_key)}", provider=self.provider
+            ) from exc
+        data = parse_json_object(text, label=self.name, provider=self.provider)
+        try:
+            parsed = _MessageResponse.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]
+            )
+            raise RetryableFailure(
+                InvalidResponseError(
+                    f"{self.name}: unexpected response shape ({problems})", provider=self.provider
+                )
+            ) from None
+        u = parsed.usage
+        cache_read = u.cache_read_input_tokens or 0
+        cache_write = u.cache_creation_input_tokens or 0
+        usage = Usage(
+            # Anthropic counts cached reads and writes outside input_tokens; ours is the total.
+            input_tokens=u.input_tokens + cache_read + cache_write,
+            output_tokens=u.output_tokens,
+            cache_read_tokens=cache_read,
+            cache_write_tokens=cache_write,
+        )
+        reason = parsed.stop_reason
+        return Completion(
+            text="".join(b.text or "" for b in parsed.content if b.type == "text"),
+            usage=usage,
+            model=parsed.model or self.model,
+            finish_reason=_FINISH.get(reason, reason) if reason is not None else None,
+            raw=data,
+        )

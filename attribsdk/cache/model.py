@@ -1,0 +1,126 @@
+""":class:`CachedModel`: answers from the disk cache, each distinct request sent upstream at most once.
+
+For a request it (1) joins an identical call already in flight in this process (single-flight),
+else (2) looks the key up, else (3) takes the key's cross-process lock, looks again (another
+process may have just answered it), and only then (4) calls the wrapped model and stores the
+answer. Errors, truncated answers (unless allowed) and invalid responses are never stored; an
+answer that cannot be stored is still returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import anyio
+
+from ..adapters.base import ClosedModel, Completion, GenerationParams, Message
+from ..adapters.wrappers import ModelWrapper, describe_request
+from ..cost import CallLedger
+from ..errors import ConfigError
+from .keys import request_key
+from .store import CacheEntry, ResponseCache
+
+__all__ = ["CachedModel"]
+
+logger = logging.getLogger("attribsdk.cache")
+
+
+@dataclass
+class _Flight:
+    """One upstream call in progress that identical requests wait for."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: Completion | None = None
+    error: Exception | None = None
+
+
+class CachedModel(ModelWrapper):
+    """Wraps a model with a :class:`ResponseCache`.
+
+    Args:
+        inner: the model to call on a miss.
+        cache: the cache (shared by every CachedModel of a run; it holds the in-flight table).
+        ledger: when given, cache hits and joined in-flight calls are recorded there as hits
+            (cost $0, their price counted as avoided).
+        allow_truncated: also store answers that stopped at ``max_tokens``.
+
+    Hits come back with ``cached=True`` and ``attempts=0``.
+    """
+
+    def __init__(
+        self,
+        inner: ClosedModel,
+        cache: ResponseCache,
+        *,
+        ledger: CallLedger | None = None,
+        allow_truncated: bool = False,
+    ) -> None:
+        super().__init__(inner)
+        if not isinstance(cache, ResponseCache):
+            raise ConfigError(f"cache must be a ResponseCache, got {type(cache).__name__}")
+        self.cache = cache
+        self.ledger = ledger
+        self.allow_truncated = allow_truncated
+
+    def __repr__(self) -> str:
+        return f"CachedModel({self.inner!r}, {self.cache!r})"
+
+    def cacheable(self, completion: Completion) -> bool:
+        """Whether ``completion`` may be stored: fresh, and not truncated unless that is allowed."""
+        if completion.cached:
+            return False
+        return completion.finish_reason != "length" or self.allow_truncated
+
+    async def generate(self, messages: list[Message], params: GenerationParams) -> Completion:
+        """The cached answer if there is one, else the wrapped model's (stored for next time)."""
+        request = describe_request(self.inner, messages, params)
+        key = request_key(request, sample_index=params.sample_index)
+        flights: dict[str, _Flight] = self.cache.in_flight
+        while True:
+            flight = flights.get(key)
+            if flight is None:
+                break
+            await flight.done.wait()
+            if flight.result is not None:
+                return self._hit(flight.result)
+            if flight.error is not None:
+                raise flight.error
+            # The leader was cancelled before finishing: try again (one of us becomes the leader).
+        flight = _Flight()
+        flights[key] = flight
+        try:
+            completion = await self._lead(key, request, messages, params)
+            flight.result = completion
+            return completion
+        except Exception as exc:
+            flight.error = exc
+            raise
+        finally:
+            del flights[key]
+            flight.done.set()
+
+    async def _lead(
+        self, key: str, request: dict[str, object], messages: list[Message], params: GenerationParams
+    ) -> Completion:
+        entry = await self.cache.get(key)
+        self.cache.count_lookup(hit=entry is not None)
+        if entry is not None:
+            return self._hit(entry.completion)
+        async with self.cache.lock(key):
+            entry = await self.cache.get(key)
+            if entry is not None:
+                return self._hit(entry.completion)
+            completion = await self.inner.generate(messages, params)
+            if self.cacheable(completion):
+                try:
+                    await self.cache.put(CacheEntry.create(key, self.name, dict(request), completion))
+                except Exception as exc:  # a full disk must not lose an answer that was paid for
+                    logger.warning("cache %s: could not store %s… (%s)", self.cache.directory, key[:12], exc)
+            return completion
+
+    def _hit(self, completion: Completion) -> Completion:
+        hit = completion.model_copy(update={"cached": True, "attempts": 0})
+        if self.ledger is not None:
+            self.ledger.record_completion(self.name, hit)
+        return hit

@@ -1,0 +1,301 @@
+"""The on-disk response cache: diskcache holding JSON text, plus cross-process locks.
+
+* Values are JSON text (a versioned :class:`CacheEntry`) under ``str`` keys; nothing is ever
+  pickled or unpickled (:class:`JSONTextDisk` refuses both), eviction is off
+  (``eviction_policy="none"``) and SQLite runs with ``synchronous=FULL``.
+* Every disk operation runs in a worker thread (``anyio.to_thread``), never on the event loop.
+* :meth:`ResponseCache.lock` is a per-key cross-process lock (``flock`` through ``filelock``,
+  released by the OS if its holder dies, even by SIGKILL), acquired by polling so that no worker
+  thread blocks while waiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import anyio.to_thread
+import diskcache
+import filelock
+import platformdirs
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..adapters.base import Completion, Usage
+from ..errors import ConfigError
+
+__all__ = ["SCHEMA_VERSION", "CacheEntry", "CacheStats", "JSONTextDisk", "ResponseCache", "default_cache_dir"]
+
+logger = logging.getLogger("attribsdk.cache")
+
+#: Version of the stored entry format; entries of another version are ignored (misses).
+SCHEMA_VERSION = 1
+#: Environment variable overriding :func:`default_cache_dir`.
+CACHE_DIR_ENV = "ATTRIBSDK_CACHE_DIR"
+#: Number of lock files keys are spread over (hex digits of the key prefix: 16**3).
+_LOCK_PREFIX = 3
+
+
+def default_cache_dir() -> Path:
+    """``$ATTRIBSDK_CACHE_DIR`` if set, else the user cache directory's ``attribsdk/closed-calls``."""
+    override = os.environ.get(CACHE_DIR_ENV)
+    if override:
+        return Path(override).expanduser()
+    return platformdirs.user_cache_path("attribsdk") / "closed-calls"
+
+
+class JSONTextDisk(diskcache.Disk):  # type: ignore[misc]
+    """A diskcache ``Disk`` that stores only ``str`` keys and ``str`` values and never unpickles."""
+
+    def put(self, key: Any) -> Any:
+        if type(key) is not str:
+            raise TypeError(f"cache keys must be str, got {type(key).__name__}")
+        return super().put(key)
+
+    def get(self, key: Any, raw: bool) -> Any:
+        if not raw:
+            raise ValueError("refusing to unpickle a cache key (the cache directory holds foreign data)")
+        return super().get(key, raw)
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if read or type(value) is not str:
+            raise TypeError(f"cache values must be str (JSON text), got {type(value).__name__}")
+        return super().store(value, read, key=key)
+
+    def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+        if mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_TEXT):
+            raise ValueError(
+                "refusing to read a non-text cache value (the cache directory holds foreign data)"
+            )
+        return super().fetch(mode, filename, value, read)
+
+
+class CacheEntry(BaseModel):
+    """One cached answer with what it was an answer to."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: Literal[1] = 1
+    key: str
+    created_at: datetime
+    #: The ClosedModel name that produced it, e.g. ``"openai:gpt-4o-mini"``.
+    model: str
+    #: The provider's versioned model name and system fingerprint, when it reported them.
+    model_version: str | None = None
+    system_fingerprint: str | None = None
+    usage: Usage
+    #: The request description the key was derived from (no credentials, no timeouts).
+    request: dict[str, Any]
+    completion: Completion
+
+    @classmethod
+    def create(cls, key: str, model: str, request: dict[str, Any], completion: Completion) -> CacheEntry:
+        """An entry for a fresh upstream completion, stamped now (UTC)."""
+        raw = completion.raw or {}
+        fingerprint = raw.get("system_fingerprint")
+        return cls(
+            key=key,
+            created_at=datetime.now(UTC),
+            model=model,
+            model_version=completion.model,
+            system_fingerprint=fingerprint if isinstance(fingerprint, str) else None,
+            usage=completion.usage,
+            request=request,
+            completion=completion.model_copy(update={"cached": False}),
+        )
+
+
+class CacheStats(BaseModel):
+    """What is in a cache directory, and this instance's hit/miss counts since it was opened."""
+
+    directory: str
+    exists: bool
+    entries: int = 0
+    size_bytes: int = 0
+    schema_version: int = SCHEMA_VERSION
+    hits: int = 0
+    misses: int = 0
+    writes: int = 0
+    invalid: int = 0
+
+
+class ResponseCache:
+    """Completed closed-model answers on disk, shared safely between tasks and processes.
+
+    Args:
+        directory: where to keep it (default :func:`default_cache_dir`); created on first use.
+        lock_timeout: seconds to wait for another process's lock on a key before going ahead
+            without it (a safety valve against a hung holder; dead holders release at once).
+        lock_poll: seconds between attempts to take a busy lock.
+
+    Use it as an (async) context manager or call :meth:`aclose` / :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        lock_timeout: float = 600.0,
+        lock_poll: float = 0.01,
+    ) -> None:
+        self.directory = Path(directory).expanduser() if directory is not None else default_cache_dir()
+        if self.directory.exists() and not self.directory.is_dir():
+            raise ConfigError(f"cache directory {self.directory} exists and is not a directory")
+        self.lock_timeout = float(lock_timeout)
+        self.lock_poll = float(lock_poll)
+        self._cache: diskcache.Cache | None = None
+        self._open_lock = threading.Lock()
+        self._stats = {"hits": 0, "misses": 0, "writes": 0, "invalid": 0}
+        #: In-flight upstream calls of this process by key (single-flight; see CachedModel).
+        self.in_flight: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"ResponseCache({str(self.directory)!r})"
+
+    # ------------------------------------------------------------------ sync core (worker threads)
+    def _open(self) -> diskcache.Cache:
+        with self._open_lock:
+            if self._cache is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._cache = diskcache.Cache(
+                    str(self.directory),
+                    disk=JSONTextDisk,
+                    eviction_policy="none",
+                    sqlite_synchronous=2,
+                    statistics=False,
+                )
+            return self._cache
+
+    def get_sync(self, key: str) -> CacheEntry | None:
+        """The valid entry under ``key``, or ``None`` (a corrupt or foreign entry counts as missing)."""
+        cache = self._open()
+        try:
+            text = cache.get(key, default=None)
+        except (ValueError, TypeError, OSError) as exc:
+            self._stats["invalid"] += 1
+            logger.warning("cache %s: unreadable entry %s… ignored (%s)", self.directory, key[:12], exc)
+            return None
+        if text is None:
+            return None
+        try:
+            entry = CacheEntry.model_validate_json(text)
+            if entry.key != key:
+                raise ValueError("entry key does not match its cache key")
+        except (ValidationError, ValueError) as exc:
+            self._stats["invalid"] += 1
+            logger.warning("cache %s: invalid entry %s… ignored (%s)", self.directory, key[:12], exc)
+            return None
+        return entry
+
+    def count_lookup(self, *, hit: bool) -> None:
+        """Count one lookup of a caller (e.g. :class:`~attribsdk.cache.CachedModel`) in :meth:`stats`."""
+        self._stats["hits" if hit else "misses"] += 1
+
+    def put_sync(self, entry: CacheEntry) -> None:
+        """Store ``entry`` under its key (atomically: a reader sees the old entry or the new one)."""
+        text = entry.model_dump_json()
+        self._open().set(entry.key, text)
+        self._stats["writes"] += 1
+
+    def iter_entries(self) -> Iterator[CacheEntry]:
+        """Every valid entry (for inspection and tests); invalid ones are skipped."""
+        cache = self._open()
+        for key in list(cache.iterkeys()):
+            entry = self.get_sync(key) if isinstance(key, str) else None
+            if entry is not None:
+                yield entry
+
+    def stats(self) -> CacheStats:
+        """Entry count and size on disk (does not create a missing directory)."""
+        exists = (self.directory / "cache.db").exists()
+        base = CacheStats(directory=str(self.directory), exists=exists, **self._stats)
+        if not exists:
+            return base
+        cache = self._open()
+        return base.model_copy(update={"entries": len(cache), "size_bytes": int(cache.volume())})
+
+    def clear(self) -> int:
+        """Delete every entry; returns how many there were. A missing cache stays missing."""
+        if not (self.directory / "cache.db").exists():
+            return 0
+        return int(self._open().clear())
+
+    def close(self) -> None:
+        """Close the database handle (it is reopened on next use)."""
+        with self._open_lock:
+            cache, self._cache = self._cache, None
+        if cache is not None:
+            cache.close()
+
+    def __enter__(self) -> ResponseCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ async API
+    async def get(self, key: str) -> CacheEntry | None:
+        """:meth:`get_sync` in a worker thread."""
+        return await anyio.to_thread.run_sync(self.get_sync, key)
+
+    async def put(self, entry: CacheEntry) -> None:
+        """:meth:`put_sync` in a worker thread."""
+        await anyio.to_thread.run_sync(self.put_sync, entry)
+
+    async def astats(self) -> CacheStats:
+        """:meth:`stats` in a worker thread."""
+        return await anyio.to_thread.run_sync(self.stats)
+
+    async def aclose(self) -> None:
+        """:meth:`close` in a worker thread."""
+        await anyio.to_thread.run_sync(self.close)
+
+    async def __aenter__(self) -> ResponseCache:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @contextlib.asynccontextmanager
+    async def lock(self, key: str) -> AsyncIterator[bool]:
+        """Hold the cross-process lock for ``key``; yields False if it timed out and went ahead."""
+        lock_dir = self.directory / "locks"
+        await anyio.to_thread.run_sync(lambda: lock_dir.mkdir(parents=True, exist_ok=True))
+        lock = filelock.FileLock(str(lock_dir / f"{key[:_LOCK_PREFIX]}.lock"), thread_local=False)
+        acquired = False
+        waited = 0.0
+        delay = self.lock_poll
+        while True:
+            acquired = await anyio.to_thread.run_sync(_try_acquire, lock)
+            if acquired or waited >= self.lock_timeout:
+                break
+            await anyio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 0.25)
+        if not acquired:
+            logger.warning(
+                "cache %s: lock for %s… not released after %.0f s; going ahead",
+                self.directory,
+                key[:12],
+                self.lock_timeout,
+            )
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(lock.release)
+
+
+def _try_acquire(lock: filelock.FileLock) -> bool:
+    try:
+        lock.acquire(blocking=False)
+    except filelock.Timeout:
+        return False
+    return True

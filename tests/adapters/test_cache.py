@@ -1,0 +1,411 @@
+"""The response cache: keys, disk format, single-flight, cross-process locking, crash safety, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import diskcache
+import pytest
+from typer.testing import CliRunner
+
+from attribsdk.adapters._retry import RetryPolicy
+from attribsdk.adapters.base import Completion, GenerationParams, Message
+from attribsdk.adapters.openai import OpenAIModel
+from attribsdk.adapters.wrappers import FunctionModel, TestModel
+from attribsdk.cache import (
+    CachedModel,
+    CacheEntry,
+    ResponseCache,
+    cache_key,
+    canonical_json,
+    request_key,
+)
+from attribsdk.cache.cli import cache_app
+from attribsdk.cost import CallLedger, Price, Pricing
+from attribsdk.errors import APIStatusError, AuthenticationError, TruncatedOutputError
+
+from .conftest import SECRET
+from .fakeserver import FakeLLMServer, Fault
+
+pytestmark = pytest.mark.anyio
+
+PARAMS = GenerationParams(max_tokens=64)
+WORKER = Path(__file__).with_name("_cache_worker.py")
+REPO = Path(__file__).resolve().parents[2]
+CHAT = "/v1/chat/completions"
+
+
+def ask(i: int | str = 0) -> list[Message]:
+    return [Message(role="user", content=f"question {i}")]
+
+
+def adapter(server: FakeLLMServer, retry: RetryPolicy, **options: Any) -> OpenAIModel:
+    return OpenAIModel.compatible_from_spec(f"m@{server.openai_base_url}", retry=retry, **options)
+
+
+# ---------------------------------------------------------------------------------------------- keys
+def test_key_ignores_credentials_and_timeouts_but_not_outputs(server: FakeLLMServer) -> None:
+    a = OpenAIModel("gpt-4o-mini", api_key=SECRET, timeout=5)
+    b = OpenAIModel("gpt-4o-mini", api_key="sk-other", timeout=99, retry=RetryPolicy(max_attempts=1))
+    assert cache_key(a, ask(), PARAMS) == cache_key(b, ask(), PARAMS)
+    base = cache_key(a, ask(), PARAMS)
+    changed = [
+        cache_key(a, ask(1), PARAMS),
+        cache_key(a, ask(), PARAMS.model_copy(update={"temperature": 0.7})),
+        cache_key(a, ask(), PARAMS.model_copy(update={"max_tokens": 65})),
+        cache_key(a, ask(), PARAMS.model_copy(update={"sample_index": 1})),
+        cache_key(a, ask(), PARAMS.model_copy(update={"seed": 3})),
+        cache_key(a, ask(), PARAMS.model_copy(update={"logprobs": True})),
+        cache_key(OpenAIModel("gpt-4o", api_key=SECRET), ask(), PARAMS),
+        cache_key(OpenAIModel("gpt-4o-mini", api_key=SECRET, api="responses"), ask(), PARAMS),
+    ]
+    assert len({base, *changed}) == len(changed) + 1
+    # An OpenAI-compatible server's URL is part of the key (same name, different weights)...
+    c1 = OpenAIModel.compatible_from_spec("m@http://127.0.0.1:1/v1")
+    c2 = OpenAIModel.compatible_from_spec("m@http://127.0.0.1:2/v1")
+    assert cache_key(c1, ask(), PARAMS) != cache_key(c2, ask(), PARAMS)
+    # ...but a proxy in front of OpenAI serves the same model.
+    proxied = OpenAIModel("gpt-4o-mini", api_key=SECRET, base_url="http://proxy.local/v1")
+    assert cache_key(proxied, ask(), PARAMS) == base
+    assert SECRET not in json.dumps(a.describe_request(ask(), PARAMS))
+
+
+def test_canonical_json_is_order_independent() -> None:
+    assert canonical_json({"b": 1, "a": [1.5, "é"]}) == '{"a":[1.5,"é"],"b":1}'
+    assert request_key({"x": 1, "y": 2}) == request_key({"y": 2, "x": 1})
+    assert request_key({"x": 1}) != request_key({"x": 1}, sample_index=1)
+
+
+# ---------------------------------------------------------------------------------------------- disk
+_UNPICKLED: list[str] = []
+
+
+def _mark_unpickled() -> str:
+    _UNPICKLED.append("ran")
+    return "pwned"
+
+
+class _Evil:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_mark_unpickled, ())
+
+
+def test_disk_format_is_json_text_and_never_unpickles(tmp_path: Path) -> None:
+    key = "a" * 64
+    with diskcache.Cache(str(tmp_path)) as foreign:  # someone planting a pickle in our directory
+        foreign.set(key, _Evil())
+    with ResponseCache(tmp_path) as cache:
+        assert cache.get_sync(key) is None
+        assert cache.stats().invalid == 1
+        with pytest.raises(TypeError):
+            cache._open().set("k", {"not": "text"})
+        entry = CacheEntry.create("b" * 64, "test:model", {"q": 1}, Completion(text="hi", model="m"))
+        cache.put_sync(entry)
+        raw = cache._open().get("b" * 64)
+    assert _UNPICKLED == []
+    assert isinstance(raw, str) and json.loads(raw)["schema_version"] == 1
+    settings = dict(
+        sqlite3.connect(tmp_path / "cache.db").execute("select key, value from Settings").fetchall()
+    )
+    assert settings["eviction_policy"] == "none"
+
+
+def test_invalid_or_foreign_schema_entries_are_misses(tmp_path: Path) -> None:
+    with ResponseCache(tmp_path) as cache:
+        db = cache._open()
+        db.set("k1", "{not json")
+        db.set("k2", json.dumps({"schema_version": 99, "key": "k2"}))
+        entry = CacheEntry.create("k3", "m", {}, Completion(text="ok", model="m"))
+        db.set("k4", entry.model_dump_json())  # stored under the wrong key
+        assert [cache.get_sync(k) for k in ("k1", "k2", "k4")] == [None, None, None]
+        assert cache.stats().invalid == 3
+
+
+# ---------------------------------------------------------------------------------------------- flow
+async def test_entry_round_trip_then_hit(
+    server: FakeLLMServer, fast_retry: RetryPolicy, tmp_path: Path
+) -> None:
+    inner = adapter(server, fast_retry)
+    async with ResponseCache(tmp_path) as cache:
+        model = CachedModel(inner, cache)
+        first = await model.generate(ask(), PARAMS)
+        second = await model.generate(ask(), PARAMS)
+        (entry,) = list(cache.iter_entries())
+    await inner.aclose()
+    assert server.calls(CHAT) == 1
+    assert not first.cached and first.attempts == 1
+    assert second.cached and second.attempts == 0 and second.text == first.text
+    assert entry.model == inner.name and entry.model_version == "m-2024-07-18"
+    assert entry.system_fingerprint == "fp_fake" and entry.usage == first.usage
+    assert entry.request["body"]["messages"] == [{"role": "user", "content": "question 0"}]
+    assert entry.created_at.tzinfo is not None
+
+
+async def test_50_concurrent_identical_requests_make_one_upstream_call(
+    server: FakeLLMServer, fast_retry: RetryPolicy, tmp_path: Path
+) -> None:
+    server.delay = 0.05
+    inner = adapter(server, fast_retry)
+    ledger = CallLedger(pricing=Pricing({"m": Price(input_mtok=1.0, output_mtok=2.0)}))
+    results: list[Completion] = []
+    async with ResponseCache(tmp_path) as cache:
+        model = CachedModel(inner, cache, ledger=ledger)
+
+        async def one() -> None:
+            results.append(await model.generate(ask("same"), PARAMS))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(50):
+                tg.start_soon(one)
+        assert cache.stats().entries == 1
+    await inner.aclose()
+    assert server.calls(CHAT) == 1
+    assert len(results) == 50 and len({r.text for r in results}) == 1
+    assert sum(not r.cached for r in results) == 1
+    assert ledger.report().cache_hits == 49  # joined callers are recorded as hits (avoided cost)
+
+
+async def test_second_run_makes_no_upstream_call(
+    server: FakeLLMServer, fast_retry: RetryPolicy, tmp_path: Path
+) -> None:
+    async def run() -> list[str]:
+        inner = adapter(server, fast_retry)
+        async with ResponseCache(tmp_path) as cache:
+            model = CachedModel(inner, cache)
+            texts = [(await model.generate(ask(i), PARAMS)).text for i in range(5)]
+        await inner.aclose()
+        return texts
+
+    first = await run()
+    assert server.calls(CHAT) == 5
+    second = await run()  # new adapter, new cache handle: like a new process
+    assert second == first and server.calls(CHAT) == 5
+
+
+async def test_errors_are_never_cached_and_are_shared_with_waiters(
+    server: FakeLLMServer, fast_retry: RetryPolicy, tmp_path: Path
+) -> None:
+    inner = adapter(server, fast_retry)
+    async with ResponseCache(tmp_path) as cache:
+        model = CachedModel(inner, cache)
+        server.inject(Fault(status=400, delay=0.05))
+        errors: list[BaseException] = []
+
+        async def one() -> None:
+            try:
+                await model.generate(ask(), PARAMS)
+            except APIStatusError as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(one)
+        assert len(errors) == 10 and server.calls(CHAT) == 1  # one upstream failure, seen by all
+        assert cache.stats().entries == 0
+        assert (await model.generate(ask(), PARAMS)).text == "Answer to: question 0"
+        assert server.calls(CHAT) == 2 and cache.stats().entries == 1
+    await inner.aclose()
+
+
+async def test_401_is_not_cached(server: FakeLLMServer, fast_retry: RetryPolicy, tmp_path: Path) -> None:
+    server.api_key = "sk-right"
+    inner = adapter(server, fast_retry, api_key="sk-wrong")
+    async with ResponseCache(tmp_path) as cache:
+        with pytest.raises(AuthenticationError):
+            await CachedModel(inner, cache).generate(ask(), PARAMS)
+        assert cache.stats().entries == 0
+    await inner.aclose()
+
+
+async def test_truncated_answers_are_not_cached_unless_allowed(
+    server: FakeLLMServer, fast_retry: RetryPolicy, tmp_path: Path
+) -> None:
+    short = GenerationParams(max_tokens=2)
+    strict = adapter(server, fast_retry)
+    lenient = adapter(server, fast_retry, allow_truncated=True)
+    async with ResponseCache(tmp_path) as cache:
+        with pytest.raises(TruncatedOutputError):
+            await CachedModel(strict, cache).generate(ask(), short)
+        assert cache.stats().entries == 0
+        # The adapter lets it through but the cache does not keep it...
+        for _ in range(2):
+            assert (await CachedModel(lenient, cache).generate(ask(), short)).finish_reason == "length"
+        assert cache.stats().entries == 0 and server.calls(CHAT) == 3
+        # ...unless the caller allows truncated answers.
+        allowed = CachedModel(lenient, cache, allow_truncated=True)
+        await allowed.generate(ask(), short)
+        again = await allowed.generate(ask(), short)
+        assert again.cached and cache.stats().entries == 1 and server.calls(CHAT) == 4
+    await strict.aclose()
+    await lenient.aclose()
+
+
+async def test_an_answer_that_cannot_be_stored_is_still_returned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with ResponseCache(tmp_path) as cache:
+
+        def disk_full(entry: CacheEntry) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(cache, "put_sync", disk_full)
+        completion = await CachedModel(TestModel("kept"), cache).generate(ask(), PARAMS)
+    assert completion.text == "kept"
+    assert "could not store" in caplog.text
+
+
+async def test_cancelled_leader_hands_over_to_a_waiter(tmp_path: Path) -> None:
+    started = anyio.Event()
+
+    async def slow(messages: list[Message], params: GenerationParams) -> str:
+        started.set()
+        await anyio.sleep(0.05 if len(inner.calls) > 1 else 30)
+        return "late answer"
+
+    inner = FunctionModel(slow)
+    async with ResponseCache(tmp_path) as cache:
+        model = CachedModel(inner, cache)
+        results: list[Completion] = []
+        async with anyio.create_task_group() as tg:
+            leader = anyio.CancelScope()
+
+            async def lead() -> None:
+                with leader:
+                    await model.generate(ask(), PARAMS)
+
+            async def follow() -> None:
+                results.append(await model.generate(ask(), PARAMS))
+
+            tg.start_soon(lead)
+            await started.wait()
+            tg.start_soon(follow)
+            await anyio.sleep(0.01)
+            leader.cancel()
+    assert [r.text for r in results] == ["late answer"] and len(inner.calls) == 2
+
+
+# ---------------------------------------------------------------------------------------------- processes
+async def test_cross_process_lock_makes_the_second_caller_wait_and_reuse(
+    server: FakeLLMServer, fast_retry: RetryPolicy, tmp_path: Path
+) -> None:
+    """Two handles on one directory behave like two processes (flock is per open file)."""
+    holder = ResponseCache(tmp_path)
+    other = ResponseCache(tmp_path)
+    inner = adapter(server, fast_retry)
+    model = CachedModel(inner, other)
+    key = cache_key(inner, ask(), PARAMS)
+    results: list[Completion] = []
+
+    async def call() -> None:
+        results.append(await model.generate(ask(), PARAMS))
+
+    async with anyio.create_task_group() as tg, holder.lock(key) as acquired:
+        assert acquired
+        tg.start_soon(call)
+        await anyio.sleep(0.2)
+        assert results == [] and server.calls() == 0  # blocked on the lock, nothing sent
+        done = Completion(text="answer from the other process", model="m")
+        await holder.put(CacheEntry.create(key, inner.name, {}, done))
+        # leaving the block released the lock; the task group now waits for the call to finish
+    assert results[0].text == "answer from the other process" and results[0].cached
+    assert server.calls() == 0
+    await inner.aclose()
+    holder.close()
+    other.close()
+
+
+def _worker(*args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("OPENAI_API_KEY", None)
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_lock_across_real_processes(server: FakeLLMServer, tmp_path: Path) -> None:
+    probe = OpenAIModel.compatible_from_spec(f"worker-model@{server.openai_base_url}")
+    key = cache_key(probe, ask(0), PARAMS)
+    with ResponseCache(tmp_path) as holder:
+        async with holder.lock(key):
+            proc = _worker("one", server.openai_base_url, str(tmp_path))
+            assert proc.stdout is not None
+            line = await anyio.to_thread.run_sync(proc.stdout.readline)
+            assert line.strip() == "ready", proc.stderr.read() if proc.stderr else ""
+            await anyio.sleep(0.3)  # the worker looks the key up, misses, and waits on the lock
+            answer = Completion(text="written while the worker waited", model="worker-model")
+            await holder.put(CacheEntry.create(key, probe.name, {}, answer))
+        out, err = await anyio.to_thread.run_sync(proc.communicate)
+    assert proc.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1]) == {
+        "text": "written while the worker waited",
+        "cached": True,
+    }
+    assert server.calls() == 0
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_sigkill_mid_run_leaves_every_completed_entry_intact(
+    server: FakeLLMServer, tmp_path: Path
+) -> None:
+    proc = _worker("run", server.openai_base_url, str(tmp_path), "100000")
+    assert proc.stdout is not None
+    done: dict[int, str] = {}
+    while len(done) < 25:
+        line = await anyio.to_thread.run_sync(proc.stdout.readline)
+        assert line, proc.stderr.read() if proc.stderr else "worker exited"
+        _, number, key = line.split()
+        done[int(number)] = key
+    os.kill(proc.pid, signal.SIGKILL)
+    await anyio.to_thread.run_sync(proc.wait)
+    assert proc.returncode == -signal.SIGKILL
+
+    assert sqlite3.connect(tmp_path / "cache.db").execute("pragma integrity_check").fetchone() == ("ok",)
+    with ResponseCache(tmp_path) as cache:
+        for index, key in done.items():
+            entry = cache.get_sync(key)
+            assert entry is not None, f"completed entry {index} lost"
+            assert entry.completion.text == f"Answer to: question {index}"
+        assert cache.stats().entries >= len(done)
+        cache.put_sync(
+            CacheEntry.create("after-crash", "m", {}, Completion(text="still writable", model="m"))
+        )
+        assert cache.get_sync("after-crash") is not None
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_cli_stats_and_clear(tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = tmp_path / "nowhere"
+    result = runner.invoke(cache_app, ["stats", "--dir", str(missing)])
+    assert result.exit_code == 0 and "no cache at" in result.output and not missing.exists()
+
+    async with ResponseCache(tmp_path) as cache:
+        model = CachedModel(TestModel("x"), cache)
+        for i in range(3):
+            await model.generate(ask(i), PARAMS)
+    result = runner.invoke(cache_app, ["stats", "--dir", str(tmp_path), "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["entries"] == 3
+    result = runner.invoke(cache_app, ["clear", "--dir", str(tmp_path)], input="n\n")
+    assert result.exit_code != 0  # declined: nothing deleted
+    assert (
+        json.loads(runner.invoke(cache_app, ["stats", "--dir", str(tmp_path), "--json"]).output)["entries"]
+        == 3
+    )
+    result = runner.invoke(cache_app, ["clear", "--dir", str(tmp_path), "--yes"])
+    assert result.exit_code == 0 and "deleted 3" in result.output
+    assert "entries:   0" in runner.invoke(cache_app, ["stats", "--dir", str(tmp_path)]).output

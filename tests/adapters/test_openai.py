@@ -1,0 +1,344 @@
+"""OpenAI / OpenAI-compatible adapter against a real HTTP server, under asyncio and trio."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from attribsdk.adapters._retry import RetryPolicy
+from attribsdk.adapters.base import GenerationParams, Message
+from attribsdk.adapters.openai import OpenAIModel
+from attribsdk.adapters.registry import resolve_closed_model
+from attribsdk.errors import (
+    APIStatusError,
+    AuthenticationError,
+    ConfigError,
+    InvalidResponseError,
+    LogprobsUnavailableError,
+    RateLimitError,
+    RequestTimeoutError,
+    TransportError,
+    TruncatedOutputError,
+)
+
+from .conftest import SECRET
+from .fakeserver import FakeLLMServer, Fault
+
+pytestmark = pytest.mark.anyio
+
+MESSAGES = [
+    Message(role="system", content="Be brief."),
+    Message(role="user", content="What is the capital of France?"),
+]
+ANSWER = "Answer to: What is the capital of France?"
+PARAMS = GenerationParams(max_tokens=50)
+CHAT = "/v1/chat/completions"
+
+
+def hosted(server: FakeLLMServer, retry: RetryPolicy, **options: object) -> OpenAIModel:
+    """``openai:gpt-4o-mini`` pointed at the fake server."""
+    options.setdefault("timeout", 5.0)
+    return OpenAIModel("gpt-4o-mini", base_url=server.openai_base_url, api_key=SECRET, retry=retry, **options)  # type: ignore[arg-type]
+
+
+def compatible(server: FakeLLMServer, retry: RetryPolicy, **options: object) -> OpenAIModel:
+    options.setdefault("timeout", 5.0)
+    return OpenAIModel.compatible_from_spec(f"llama-3@{server.openai_base_url}", retry=retry, **options)
+
+
+async def test_chat_completion_round_trip_and_usage(server: FakeLLMServer, fast_retry: RetryPolicy) -> None:
+    server.cached_tokens = 2
+    model = hosted(server, fast_retry)
+    try:
+        completion = await model.generate(MESSAGES, PARAMS)
+    finally:
+        await model.aclose()
+    assert completion.text == ANSWER
+    assert completion.finish_reason == "stop"
+    assert completion.model == "gpt-4o-mini-2024-07-18"
+    assert completion.attempts == 1 and not completion.cached
+    # OpenAI counts cached tokens inside prompt_tokens: input total 8 words, 2 of them cached.
+    assert completion.usage.input_tokens == 8
+    assert completion.usage.cache_read_tokens == 2
+    assert completion.usage.output_tokens == len(ANSWER.split())
+    (request,) = server.requests
+    assert request.path == CHAT
+    assert request.headers["authorization"] == f"Bearer {SECRET}"
+    assert request.headers["x-stainless-retry-count"] == "0"
+    assert request.body["max_completion_tokens"] == 50
+    assert request.body["temperature"] == 0.0
+    assert request.body["messages"][0] == {"role": "system", "content": "Be brief."}
+
+
+async def test_compatible_server_gets_max_tokens_and_no_key(
+    server: FakeLLMServer, fast_retry: RetryPolicy
+) -> None:
+    model = compatible(server, fast_retry)
+    assert model.name == f"openai-compatible:llama-3@{server.openai_base_url}"
+    try:
+        completion = await model.generate(MESSAGES, GenerationParams(max_tokens=20, seed=7, stop=("\n",)))
+    finally:
+        await model.aclose()
+    assert completion.text == ANSWER
+    (request,) = server.requests
+    assert "authorization" not in request.headers
+    assert request.body["max_tokens"] == 20 and "max_completion_tokens" not in request.body
+    assert request.body["seed"] == 7 and request.body["stop"] == ["\n"]
+
+
+async def test_429_honours_retry_after_ms(
+    server: FakeLLMServer, fast_retry: RetryPolicy, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.inject(Fault(status=429, headers={"retry-after-ms": "37"}))
+    model = hosted(server, fast_retry)
+    with caplog.at_level(logging.INFO, logger="attribsdk.adapters"):
+        try:
+            completion = await model.generate(MESSAGES, PARAMS)
+        finally:
+            await model.aclose()
+    assert completion.text == ANSWER and completion.attempts == 2
+    assert server.calls(CHAT) == 2
+    assert "retrying in 0.037 s" in caplog.text  # the server's wait, not the 1 ms backoff
+
+
+async def test_retry_after_is_capped(server: FakeLLMServer, caplog: pytest.LogCaptureFixture) -> None:
+    policy = RetryPolicy(max_attempts=2, initial_backoff=0.001, max_retry_after=0.02)
+    server.inject(Fault(status=503, headers={"retry-after": "3600"}))
+    model = hosted(server, policy)
+    with caplog.at_level(logging.INFO, logger="attribsdk.adapters"):
+        try:
+            completion = await model.generate(MESSAGES, PARAMS)
+        finally:
+            await model.aclose()
+    assert completion.attempts == 2
+    assert "retrying in 0.020 s" in caplog.text
+
+
+@pytest.mark.parametrize("status", [408, 409, 500, 502, 503, 529])
+async def test_transient_statuses_are_retried(
+    server: FakeLLMServer, fast_retry: RetryPolicy, status: int
+) -> None:
+    server.inject(Fault(status=status), Fault(status=status))
+    model = compatible(server, fast_retry)
+    try:
+        completion = await model.generate(MESSAGES, PARAMS)
+    finally:
+        await model.aclose()
+    assert completion.text == ANSWER
+    assert completion.attempts == 3 and server.calls(CHAT) == 3
+
+
+async def test_rate_limit_that_outlasts_retries(server: FakeLLMServer, fast_retry: RetryPolicy) -> None:
+    server.inject(*[Fault(status=429, headers={"retry-after-ms": "1"})] * 4)
+    model = hosted(server, fast_retry)
+    with pytest.raises(RateLimitError) as info:
+        await model.generate(MESSAGES, PARAMS)
+    await model.aclose()
+    assert info.value.status_code == 429
+    assert info.value.attempts == 4 == server.calls(CHAT)
+    assert "gave up after 4 attempts" in str(info.value)
+
+
+async def test_slow_response_past_timeout_is_retried(server: FakeLLMServer, fast_retry: RetryPolicy) -> None:
+    server.inject(Fault(delay=2.0))
+    model = hosted(server, fast_retry, timeout=0.25)
+    try:
+        completion = await model.generate(MESSAGES, PARAMS)
+    finally:
+        await model.aclose()
+    assert completion.text == ANSWER and completion.attempts == 2
+
+
+async def test_timeouts_that_never_end_raise_request_timeout(server: FakeLLMServer) -> None:
+    server.inject(*[Fault(delay=2.0)] * 2)
+    model = hosted(server, RetryPolicy(max_attempts=2, initial_backoff=0.001), timeout=0.1)
+    with pytest.raises(RequestTimeoutError) as info:
+        await model.generate(MESSAGES, PARAMS)
+    await model.aclose()
+    assert info.value.attempts == 2
+
+
+async def test_per_call_deadline(server: FakeLLMServer) -> None:
+    server.inject(*[Fault(delay=2.0)] * 3)
+    policy = RetryPolicy(max_attempts=10, initial_backoff=0.001, deadline=0.3)
+    model = hosted(server, policy, timeout=5.0)
+    with pytest.raises(RequestTimeoutError, match=r"deadline of 0\.3 s") as info:
+        await model.generate(MESSAGES, PARAMS)
+    await model.aclose()
+    assert info.value.attempts == 1
+
+
+async def test_dropped_connection_is_retried(server: FakeLLMServer, fast_retry: RetryPolicy) -> None:
+    server.inject(Fault(drop=True))
+    model = hosted(server, fast_retry)
+    try:
+        completion = await model.generate(MESSAGES, PARAMS)
+    finally:
+        await model.aclose()
+    assert completion.text == ANSWER and completion.attempts == 2
+
+
+async def test_connection_refused_gives_transport_error(fast_retry: RetryPolicy) -> None:
+    dead = FakeLLMServer().start()
+    url = dead.openai_base_url
+    dead.stop()
+    model = OpenAIModel.compatible_from_spec(
+        f"m@{url}", retry=RetryPolicy(max_attempts=2, initial_backoff=0.001)
+    )
+    with pytest.raises(TransportError) as info:
+        await model.generate(MESSAGES, PARAMS)
+    await model.aclose()
+    assert info.value.attempts == 2
+
+
+async def test_malformed_json_is_retried_then_reported(
+    server: FakeLLMServer, fast_retry: RetryPolicy
+) -> None:
+    server.inject(Fault(malformed=True))
+    model = hosted(server, fast_retry)
+    try:
+        completion = await model.generate(MESSAGES, PARAMS)
+        assert completion.text == ANSWER and completion.attempts == 2
+        server.inject(*[Fault(malformed=True)] * 4)
+        with pytest.raises(InvalidResponseError, match="not valid JSON") as info:
+            await model.generate(MESSAGES, PARAMS)
+        assert info.value.attempts == 4
+    finally:
+        await model.aclose()
+
+
+async def test_wrong_schema_is_invalid_response(server: FakeLLMServer) -> None:
+    server.inject(*[Fault(status=200, body={"id": "x", "choices": []})] * 2)
+    model = hosted(server, RetryPolicy(max_attempts=2, initial_backoff=0.001))
+    with pytest.raises(InvalidResponseError, match="choices"):
+        await model.generate(MESSAGES, PARAMS)
+    await model.aclose()
+
+
+async def test_401_is_not_retried_and_is_clear(server: FakeLLMServer, fast_retry: RetryPolicy) -> None:
+    server.api_key = "sk-the-right-one"
+    model = hosted(server, fast_retry)
+    with pytest.raises(AuthenticationError) as info:
+        await model.generate(MESSAGES, PARAMS)
+    await model.aclose()
+    assert server.calls(CHAT) == 1 and info.value.attempts == 1
+    assert info.value.status_code == 401
+    assert "HTTP 401" in str(info.value) and "API key" in str(info.value)
+    assert SECRET not in str(info.value) and SECRET not in repr(info.value)
+
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+async def test_other_4xx_are_not_retried(server: FakeLLMServer, fast_retry: RetryPolicy, status: int) -> None:
+    server.inject(Fault(status=status))
+    model = hosted(server, fast_retry)
+    with pytest.raises(APIStatusError) as info:
+        await model.generate(MESSAGES, PARAMS)
+    await model.aclose()
+    assert info.value.status_code == status and info.value.attempts == 1 == server.calls(CHAT)
+
+
+async def test_should_retry_header_wins(server: FakeLLMServer, fast_retry: RetryPolicy) -> None:
+    server.inject(Fault(status=500, headers={"x-should-retry": "false"}))
+    model = hosted(server, fast_retry)
+    with pytest.raises(APIStatusError):
+        await model.generate(MESSAGES, PARAMS)
+    await model.aclose()
+    assert server.calls(CHAT) == 1
+
+
+async def test_truncation_is_an_error_unless_allowed(server: FakeLLMServer, fast_retry: RetryPolicy) -> None:
+    short = GenerationParams(max_tokens=3)
+    model = hosted(server, fast_retry)
+    with pytest.raises(TruncatedOutputError) as info:
+        await model.generate(MESSAGES, short)
+    await model.aclose()
+    cut = info.value.partial["completion"]
+    assert cut.text == "Answer to: What" and cut.finish_reason == "length"
+    assert info.value.attempts == 1
+
+    lenient = hosted(server, fast_retry, allow_truncated=True)
+    try:
+        completion = await lenient.generate(MESSAGES, short)
+    finally:
+        await lenient.aclose()
+    assert completion.finish_reason == "length" and completion.text == "Answer to: What"
+
+
+async def test_logprobs_are_requested_and_normalised(server: FakeLLMServer, fast_retry: RetryPolicy) -> None:
+    model = hosted(server, fast_retry)
+    try:
+        completion = await model.generate(MESSAGES, GenerationParams(logprobs=True, top_logprobs=3))
+    finally:
+        await model.aclose()
+    assert server.requests[0].body["logprobs"] is True and server.requests[0].body["top_logprobs"] == 3
+    assert completion.logprobs is not None
+    assert [t.token for t in completion.logprobs] == ANSWER.split()
+    assert completion.logprobs[1].logprob == pytest.approx(-0.1)
+    assert len(completion.logprobs[0].top) == 3 and completion.logprobs[0].top[1] == ("alt1", -6.0)
+
+
+async def test_model_refusing_logprobs_is_a_clear_error(
+    server: FakeLLMServer, fast_retry: RetryPolicy
+) -> None:
+    asked = GenerationParams(logprobs=True, top_logprobs=2)
+    model = hosted(server, fast_retry)
+    try:
+        server.inject(
+            Fault(status=400, body={"error": {"message": "logprobs are not supported with this model"}})
+        )
+        with pytest.raises(LogprobsUnavailableError, match="refused to return log-probabilities"):
+            await model.generate(MESSAGES, asked)
+        assert server.calls(CHAT) == 1
+        server.inject(Fault(no_logprobs=True))  # a server that silently ignores the request
+        with pytest.raises(LogprobsUnavailableError, match="carries none") as info:
+            await model.generate(MESSAGES, asked)
+        assert info.value.partial["completion"].text == ANSWER
+    finally:
+        await model.aclose()
+
+
+async def test_responses_api(server: FakeLLMServer, fast_retry: RetryPolicy) -> None:
+    server.cached_tokens = 1
+    model = OpenAIModel("o3-pro", base_url=server.openai_base_url, api_key=SECRET, retry=fast_retry)
+    assert model.api == "responses"
+    try:
+        completion = await model.generate(
+            MESSAGES, GenerationParams(max_tokens=40, logprobs=True, top_logprobs=1)
+        )
+        with pytest.raises(TruncatedOutputError):
+            await model.generate(MESSAGES, GenerationParams(max_tokens=2))
+        with pytest.raises(ConfigError, match="no stop sequences"):
+            await model.generate(MESSAGES, GenerationParams(stop=("x",)))
+    finally:
+        await model.aclose()
+    assert completion.text == ANSWER and completion.finish_reason == "stop"
+    assert completion.usage.reasoning_tokens == 3 and completion.usage.cache_read_tokens == 1
+    assert completion.logprobs is not None and len(completion.logprobs) == len(ANSWER.split())
+    body = server.requests[0].body
+    assert server.requests[0].path == "/v1/responses"
+    assert body["max_output_tokens"] == 40 and body["store"] is False
+    assert body["include"] == ["message.output_text.logprobs"] and body["top_logprobs"] == 1
+
+
+async def test_model_strings_through_the_registry(
+    server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, fast_retry: RetryPolicy
+) -> None:
+    model = resolve_closed_model(f"openai-compatible:qwen2.5:7b@{server.openai_base_url}", retry=fast_retry)
+    assert isinstance(model, OpenAIModel) and model.model == "qwen2.5:7b"
+    try:
+        assert (await model.generate(MESSAGES, PARAMS)).text == ANSWER
+    finally:
+        await model.aclose()
+    monkeypatch.setenv("MY_KEY", SECRET)
+    keyed = resolve_closed_model("openai:gpt-4o-mini", api_key_env="MY_KEY")
+    assert keyed.name == "openai:gpt-4o-mini"
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        resolve_closed_model("openai:gpt-4o-mini")
+    with pytest.raises(ConfigError, match="openai-compatible:<model>@<base_url>"):
+        resolve_closed_model("openai-compatible:llama3")
+    with pytest.raises(ConfigError, match="credentials"):
+        OpenAIModel("m", base_url="http://user:pw@host/v1", compatible=True)
+    with pytest.raises(ConfigError, match="MISSING_VAR"):
+        resolve_closed_model(f"openai-compatible:m@{server.openai_base_url}", api_key_env="MISSING_VAR")
