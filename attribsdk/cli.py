@@ -98,7 +98,8 @@ def demo(
     from ._demo import CONTEXT, QUESTION
 
     def run() -> None:
-        typer.echo(f"Question: {QUESTION}\n")
+        if not as_json:
+            typer.echo(f"Question: {QUESTION}\n")
         _run_explain({"question": QUESTION, "context": CONTEXT, "features": "sentences"}, {}, as_json, None)
 
     _guard(run, debug=debug)

@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from .adapters.base import ClosedModel, Completion, GenerationParams, Message, Usage
-from .adapters.registry import parse_model_string, resolve_closed_model
+from .adapters.base import ClosedModel, Completion, GenerationParams, Message
+from .adapters.registry import parse_model_string
+from .adapters.stack import HTTP_PROVIDERS, ClosedModelStack, build_closed_model
+from .cache import ResponseCache
+from .cost import Budget, CallLedger, CostReport, Pricing
 from .errors import AttribError, ConfigError, InputError, ScoringError
 from .explanation import Counts, Explanation, Timings
 from .methods import Method, MethodParts, make_method
@@ -50,6 +53,14 @@ class Explainer:
         params: generation parameters for the closed call.
         store: a :class:`~attribsdk.scoring.models.ModelStore` to share loaded models between
             explainers; by default the explainer owns one and closes it.
+        cache: the closed-call response cache — a :class:`~attribsdk.cache.ResponseCache`, a
+            directory, ``True`` (the default directory) or ``False``. ``None`` (default): on for
+            HTTP providers (paid calls are made once), off for local models.
+        budget: a :class:`~attribsdk.cost.Budget` for all closed calls of this explainer.
+        pricing: price overrides (:class:`~attribsdk.cost.Pricing`).
+        max_concurrency, rpm, tpm: client-side limits on closed calls.
+        timeout, max_attempts: per-HTTP-attempt timeout and attempts per call (HTTP providers).
+        closed_options: extra options for the provider factory (``api_key_env=``, ``base_url=``…).
 
     Use as ``async with Explainer() as ex: await ex.explain(...)`` or, from synchronous code,
     ``with Explainer() as ex: ex.explain_sync(...)``.
@@ -66,6 +77,15 @@ class Explainer:
         seed: int = 0,
         params: GenerationParams | None = None,
         store: ModelStore | None = None,
+        cache: ResponseCache | str | bool | None = None,
+        budget: Budget | None = None,
+        pricing: Pricing | None = None,
+        max_concurrency: int | None = 8,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        closed_options: dict[str, Any] | None = None,
     ) -> None:
         self.method = make_method(method)
         self.device = device
@@ -76,7 +96,12 @@ class Explainer:
         self._surrogate_spec = surrogate
         self._store = store
         self._owns_store = store is None
-        self._closed: ClosedModel | None = None
+        self._closed: ClosedModelStack | None = None
+        self.ledger = CallLedger(pricing=pricing, budget=budget)
+        self._stack_options: dict[str, Any] = {
+            "cache": cache, "max_concurrency": max_concurrency, "rpm": rpm, "tpm": tpm,
+            "timeout": timeout, "max_attempts": max_attempts, **(closed_options or {}),
+        }
         self._scorer: Scorer | None = None if isinstance(surrogate, str) else surrogate
         self._init_lock: anyio.Lock | None = None
         self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
@@ -113,17 +138,24 @@ class Explainer:
         return self._init_lock
 
     async def closed_model(self) -> ClosedModel:
-        """The closed-model adapter (resolved on first use)."""
+        """The closed model, wrapped in cache → budget/ledger → limiter (built on first use)."""
         if self._closed_flag:
             raise ConfigError("this Explainer is closed")
         async with self._lock():
             if self._closed is None:
                 spec = self._closed_spec
-                options: dict[str, Any] = {}
-                if isinstance(spec, str) and parse_model_string(spec)[0] == "local":
-                    options = {"store": self._get_store(), "device": self.device, "dtype": self.dtype}
-                self._closed = resolve_closed_model(spec, **options)
+                options = dict(self._stack_options)
+                provider = parse_model_string(spec)[0] if isinstance(spec, str) else None
+                if options["cache"] is None:
+                    options["cache"] = provider in HTTP_PROVIDERS
+                if provider == "local":
+                    options.update(store=self._get_store(), device=self.device, dtype=self.dtype)
+                self._closed = build_closed_model(spec, ledger=self.ledger, **options)
             return self._closed
+
+    def cost_report(self) -> CostReport:
+        """Every closed call this explainer made so far: calls, attempts, hits, tokens, dollars."""
+        return self.ledger.report()
 
     async def scorer(self) -> Scorer:
         """The surrogate scorer (loaded on first use, in a worker thread)."""
@@ -204,8 +236,27 @@ class Explainer:
 
         # 1. the closed answer: exactly one call, or none when the caller passes the answer
         t0 = time.perf_counter()
-        completion = await self._answer(prompt, answer)
-        t_closed = time.perf_counter() - t0
+        with self.ledger.track() as tracked:
+            completion = await self._answer(prompt, answer)
+            t_closed = time.perf_counter() - t0
+            return await self._attribute(
+                prompt, completion, meth, seed_v, tracked, answer_given=answer is not None,
+                t_features=_t_features, t_closed=t_closed, t_start=t_start,
+            )
+
+    async def _attribute(
+        self,
+        prompt: Prompt,
+        completion: Completion,
+        meth: Method,
+        seed_v: int,
+        tracked: CallLedger,
+        *,
+        answer_given: bool,
+        t_features: float,
+        t_closed: float,
+        t_start: float,
+    ) -> Explanation:
         if not completion.text.strip():
             raise InputError("the closed model returned an empty answer; nothing to explain",
                              partial={"completion": completion})
@@ -218,13 +269,16 @@ class Explainer:
             result = await meth.attribute(prompt, completion.text, parts)
         except AttribError as exc:
             exc.partial.setdefault("completion", completion)
+            exc.partial.setdefault("cost", tracked.report())
             raise
         except Exception as exc:  # keep what was paid for: the answer travels with the error
-            raise ScoringError(f"{type(exc).__name__}: {exc}", partial={"completion": completion}) from exc
+            raise ScoringError(
+                f"{type(exc).__name__}: {exc}", partial={"completion": completion, "cost": tracked.report()}
+            ) from exc
 
-        called = answer is None and not completion.cached
+        cost = tracked.report()
         timings = Timings(
-            features=_t_features,
+            features=t_features,
             closed=t_closed,
             sampling=result.timings.get("sampling", 0.0),
             scoring=result.timings.get("scoring", 0.0),
@@ -243,17 +297,18 @@ class Explainer:
             coefficients=[float(v) for v in result.coefficients],
             intercept=result.intercept,
             r2=result.r2,
-            closed_model=None if answer is not None else completion.model or self.closed_name,
+            closed_model=None if answer_given else completion.model or self.closed_name,
             surrogate=self.surrogate_name,
             prompt=prompt.model_dump(mode="json"),
             counts=Counts(
-                closed_calls=int(called),
-                http_attempts=completion.attempts if answer is None else 0,
-                cache_hits=int(answer is None and completion.cached),
+                closed_calls=cost.closed_calls,
+                http_attempts=cost.http_attempts,
+                cache_hits=cost.cache_hits,
                 surrogate_sequences=result.surrogate_sequences,
                 surrogate_tokens=result.surrogate_tokens,
             ),
-            usage=completion.usage if called else Usage(),
+            usage=cost.tokens,
+            cost=cost,
             timings=timings,
             samples=result.samples,
         )
@@ -332,7 +387,9 @@ class Explainer:
             raise ConfigError("use `with Explainer() as ex:` before calling the *_sync methods")
         return self._portal.call(lambda: fn(*args, **kwargs))
 
-    def explain_sync(self, question: str, context: str | Sequence[str] | None = None, **kw: Any) -> Explanation:
+    def explain_sync(
+        self, question: str, context: str | Sequence[str] | None = None, **kw: Any
+    ) -> Explanation:
         """Blocking :meth:`explain` (inside ``with Explainer() as ex:``)."""
         result: Explanation = self._call(self.explain, question, context, **kw)
         return result

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .adapters.base import Usage
+from .cost import CostReport
 from .features import Feature
 
 __all__ = ["Counts", "Explanation", "RankedFeature", "Samples", "Timings"]
@@ -86,6 +87,8 @@ class Explanation(BaseModel):
     prompt: dict[str, Any] | None = None  # the Prompt as JSON data (see attribsdk.prompt.Prompt)
     counts: Counts = Counts()
     usage: Usage = Usage()
+    #: Closed-model calls of this explanation: tokens, dollars, avoided dollars, price source.
+    cost: CostReport = CostReport()
     timings: Timings = Timings()
     samples: Samples | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
@@ -136,6 +139,8 @@ class Explanation(BaseModel):
             f"closed calls {c.closed_calls} (cache hits {c.cache_hits}), surrogate sequences "
             f"{c.surrogate_sequences} ({c.surrogate_tokens} tokens), {self.timings.total:.2f} s"
         )
+        if self.cost.cost_usd:
+            lines.append(f"cost ${self.cost.cost_usd:.6f} [{self.cost.price_source}]")
         return "\n".join(lines)
 
     def __str__(self) -> str:

@@ -1,0 +1,638 @@
+"""The benchmark runner: methods × dataset × sampler configurations × surrogates, resumable.
+
+For every selected example the closed model is called **once** (its answer is shared by every
+method, configuration, seed and surrogate, and stored in ``answers.jsonl``); then every pending
+``(method configuration, seed, surrogate)`` explains that fixed answer, and the row — attributions,
+plausibility metrics against the gold labels, optional faithfulness metrics re-scored by the
+surrogate, timings and counts — is appended to ``rows.jsonl``. A row is keyed by
+``(example id, method config hash, seed, surrogate)``; an interrupted run restarted with
+``resume=True`` skips every finished key and recomputes nothing. Failures go to ``errors.jsonl``
+and are retried on the next resume. The report (markdown, JSON, plots; :mod:`.report`) is rendered
+from ``rows.jsonl`` at the end, and can be re-rendered any time with ``attribsdk bench report``.
+
+Output directory::
+
+    config.json     the configuration of the latest start
+    runs.jsonl      one line per start (time, configuration, rows already done)
+    answers.jsonl   closed answers, keyed by (example id, closed model)
+    rows.jsonl      finished rows (append-only)
+    errors.jsonl    failed units (append-only; retried on resume)
+    results.md / results.json / plots/*.png   the report
+
+Seeds are fixed: the sampler of each explanation uses the row's seed, the faithfulness metrics a
+seed derived from ``(seed, example id)``, example selection is deterministic (file order within
+each bucket of M).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .. import __version__
+from ..adapters.base import ClosedModel, GenerationParams, Message
+from ..errors import AttribError, ConfigError, InputError, ScoringError
+from ..methods import Method, make_method
+from ..sampling import CRule, KRule
+from .datasets import BUCKETS, LabeledExample, load_dataset, split_of
+from .faithfulness import FaithfulnessConfig, evaluate_faithfulness
+from .metrics import plausibility
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
+    from ..scoring.base import Scorer
+    from .reference import ReferenceTable
+    from .report import ReportPaths
+
+__all__ = [
+    "C_RULES",
+    "K_RULES",
+    "BenchConfig",
+    "BenchResult",
+    "MethodSpec",
+    "arun_benchmark",
+    "json_safe",
+    "parse_method_specs",
+    "row_key",
+    "run_benchmark",
+    "select_examples",
+    "sparse_k_sweep",
+]
+
+#: The paper's Sparse-K sweep: k ∈ {√M, 2√M, 4√M} …
+K_RULES: tuple[str, ...] = get_args(KRule)
+#: … and c ∈ {min(M,16k), M, min(M,8k), 0.5M, 0.25M, min(M,4k)}.
+C_RULES: tuple[str, ...] = get_args(CRule)
+
+ROWS_FILE = "rows.jsonl"
+ERRORS_FILE = "errors.jsonl"
+ANSWERS_FILE = "answers.jsonl"
+CONFIG_FILE = "config.json"
+RUNS_FILE = "runs.jsonl"
+
+_SAMPLER_KEYS = ("k", "c", "mode", "n_samples")
+
+
+def _config_error(owner: str, exc: ValidationError) -> ConfigError:
+    details = "; ".join(f"{'.'.join(map(str, e['loc'])) or owner}: {e['msg']}" for e in exc.errors())
+    return ConfigError(f"invalid {owner}: {details}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    if not TYPE_CHECKING:  # invalid settings raise ConfigError, not pydantic's ValidationError
+
+        def __init__(self, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                raise _config_error(type(self).__name__, exc) from exc
+
+
+# -- methods ---------------------------------------------------------------------------------------
+
+
+class MethodSpec(_Model):
+    """One method configuration of a benchmark: a name for tables (``label``), a registered
+    method (``"rope-lime"``, ``"rope-lime-loo"``) and its constructor options (e.g.
+    ``{"sampler": {"kind": "sparse_k", "k": "2sqrt", "c": "M"}}``)."""
+
+    label: str
+    method: str = "rope-lime"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def build(self) -> Method:
+        """The method instance (raises :class:`ConfigError` for unknown names or options)."""
+        try:
+            return make_method(self.method, **self.options)
+        except TypeError as exc:
+            raise ConfigError(f"method {self.label!r}: {exc}") from exc
+
+    def config_hash(self) -> str:
+        """16 hex digits of SHA-256 over the method's name and full configuration: two specs with
+        the same effective configuration share it, whatever their labels."""
+        method = self.build()
+        blob = json.dumps({"name": method.name, "config": method.config()}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def sparse_k_sweep(
+    method: str = "rope-lime", ks: Sequence[str] = K_RULES, cs: Sequence[str] = C_RULES
+) -> list[MethodSpec]:
+    """The paper's Sparse-K grid: one :class:`MethodSpec` per ``(k, c)``, labelled
+    ``"rope-lime:k=2sqrt,c=M"`` (18 by default)."""
+    return [
+        MethodSpec(label=f"{method}:k={k},c={c}", method=method,
+                   options={"sampler": {"kind": "sparse_k", "k": k, "c": c}})
+        for k in ks for c in cs
+    ]
+
+
+def _parse_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_method_specs(specs: Iterable[str]) -> list[MethodSpec]:
+    """Method specs from strings, as the CLI takes them.
+
+    * ``"rope-lime"``, ``"rope-lime-loo"`` — a registered method with its defaults;
+    * ``"rope-lime:k=2sqrt,c=M"`` — options after a colon: ``k``, ``c``, ``mode``, ``n_samples``
+      configure the Sparse-K sampler, ``sampler=loo|uniform|sparse-k`` picks another sampler, any
+      other key is a method option (``layer=4``, ``target=delta_nll``, ``kernel=cosine``);
+    * ``"sparse-k-sweep"`` — the paper's 18 ``(k, c)`` configurations (:func:`sparse_k_sweep`).
+
+    Commas separate options; ``c`` rules such as ``min(M,16k)`` keep their commas. Duplicate
+    labels are dropped.
+    """
+    out: list[MethodSpec] = []
+    for raw in specs:
+        text = raw.strip()
+        if not text:
+            continue
+        if text == "sparse-k-sweep":
+            out.extend(sparse_k_sweep())
+            continue
+        name, _, rest = text.partition(":")
+        options: dict[str, Any] = {}
+        sampler: dict[str, Any] = {}
+        for item in _split_options(rest):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise ConfigError(f"method spec {raw!r}: expected key=value, got {item!r}")
+            key, value = key.strip(), value.strip()
+            if key in _SAMPLER_KEYS:
+                sampler[key] = value if key == "c" and not _is_number(value) else _parse_value(value)
+            elif key == "sampler":
+                options["sampler"] = value
+            else:
+                options[key] = _parse_value(value)
+        if sampler:
+            if isinstance(options.get("sampler"), str) and options["sampler"].replace("-", "_") != "sparse_k":
+                raise ConfigError(f"method spec {raw!r}: k, c, mode, n_samples need the sparse-k sampler")
+            options["sampler"] = {"kind": "sparse_k", **sampler}
+        out.append(MethodSpec(label=text, method=name.strip(), options=options))
+    unique: dict[str, MethodSpec] = {}
+    for spec in out:
+        unique.setdefault(spec.label, spec)
+    if not unique:
+        raise ConfigError("no methods given")
+    return list(unique.values())
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _split_options(text: str) -> list[str]:
+    """Split ``a=1,c=min(M,16k)`` at commas outside parentheses."""
+    items: list[str] = []
+    depth, start = 0, 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth = max(0, depth - 1)
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return [s for s in (x.strip() for x in items) if s]
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+class BenchConfig(_Model):
+    """Everything that defines a benchmark run (stored in ``config.json``).
+
+    Selection: ``dataset`` (a name of :data:`~attribsdk.eval.datasets.DATASETS`) read from
+    ``data_path`` (default: the shared data) with ``dataset_options``; ``split`` (choose
+    configurations on ``"tune"``, report on ``"report"``); at most ``n_per_bucket`` examples per
+    bucket of M and ``max_examples`` in all (round-robin over buckets), restricted to ``buckets``.
+
+    Explanations: every ``methods`` entry × ``seeds`` × ``surrogates`` (names or paths, as for
+    :class:`~attribsdk.explainer.Explainer`); ``closed`` answers each example once
+    (``answer_source="reference"`` uses the dataset's reference answer instead, no closed call).
+    ``plausibility_scores`` picks which vector IoU/F1/AUROC rank (``"attributions"``: normalised
+    magnitudes, the default; ``"coefficients"``: signed). ``faithfulness`` (off by default) adds the
+    metrics of :mod:`~attribsdk.eval.faithfulness`, computed with the row's surrogate on
+    ``faithfulness_scores`` (signed coefficients by default: deleting a feature that argues
+    against the answer should not count as deleting a relevant one).
+    """
+
+    dataset: str
+    data_path: str | None = None
+    dataset_options: dict[str, Any] = Field(default_factory=dict)
+    split: Literal["tune", "report", "all"] = "report"
+    n_per_bucket: int | None = Field(default=None, ge=1)
+    max_examples: int | None = Field(default=None, ge=1)
+    buckets: tuple[str, ...] | None = None
+    methods: tuple[MethodSpec, ...]
+    seeds: tuple[int, ...] = (0,)
+    surrogates: tuple[str, ...] = ("smollm2",)
+    closed: str = "local:smollm2"
+    answer_source: Literal["closed", "reference"] = "closed"
+    max_answer_tokens: int = Field(default=64, ge=1)
+    plausibility_scores: Literal["attributions", "coefficients"] = "attributions"
+    faithfulness: FaithfulnessConfig | None = None
+    faithfulness_scores: Literal["attributions", "coefficients"] = "coefficients"
+    concurrency: int = Field(default=2, ge=1)
+    device: str = "auto"
+    dtype: str = "float32"
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: tuple[MethodSpec, ...]) -> tuple[MethodSpec, ...]:
+        if not value:
+            raise ValueError("at least one method is needed")
+        labels = [m.label for m in value]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"method labels must be unique, got {labels}")
+        return value
+
+    @field_validator("seeds", "surrogates")
+    @classmethod
+    def _non_empty(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("must be a non-empty list without duplicates")
+        return value
+
+    @field_validator("buckets")
+    @classmethod
+    def _buckets(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        known = [b[0] for b in BUCKETS]
+        if value is not None and any(b not in known for b in value):
+            raise ValueError(f"unknown buckets {value}; known: {', '.join(known)}")
+        return value
+
+
+# -- selection -------------------------------------------------------------------------------------
+
+
+def select_examples(
+    examples: Iterable[LabeledExample],
+    *,
+    n_per_bucket: int | None = None,
+    max_examples: int | None = None,
+    buckets: Sequence[str] | None = None,
+) -> list[LabeledExample]:
+    """Deterministic selection: the first ``n_per_bucket`` examples of each bucket of M in file
+    order (all when ``None``), restricted to ``buckets``; then, if ``max_examples`` is set, taken
+    round-robin over the buckets (smallest M first) until that many. Returned in bucket order."""
+    order = [b[0] for b in BUCKETS]
+    by_bucket: dict[str, list[LabeledExample]] = {}
+    seen: set[str] = set()
+    for ex in examples:
+        if ex.id in seen:
+            raise InputError(f"duplicate example id {ex.id!r}")
+        seen.add(ex.id)
+        b = ex.bucket
+        if buckets is not None and b not in buckets:
+            continue
+        group = by_bucket.setdefault(b, [])
+        if n_per_bucket is None or len(group) < n_per_bucket:
+            group.append(ex)
+    keys = sorted(by_bucket, key=lambda b: (order.index(b) if b in order else -1, b))
+    if max_examples is None:
+        return [ex for b in keys for ex in by_bucket[b]]
+    picked: dict[str, list[LabeledExample]] = {b: [] for b in keys}
+    queues = {b: list(by_bucket[b]) for b in keys}
+    total = 0
+    while total < max_examples and any(queues.values()):
+        for b in keys:
+            if queues[b] and total < max_examples:
+                picked[b].append(queues[b].pop(0))
+                total += 1
+    return [ex for b in keys for ex in picked[b]]
+
+
+# -- storage ---------------------------------------------------------------------------------------
+
+
+def row_key(example_id: str, method_hash: str, seed: int, surrogate: str) -> str:
+    """The resume key of one row."""
+    return json.dumps([example_id, method_hash, seed, surrogate])
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Records of an append-only JSONL file; a torn last line (interrupted write) is ignored."""
+    if not path.is_file():
+        return []
+    out: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                out.append(record)
+    return out
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None`` (strict JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _append(path: Path, record: Mapping[str, Any]) -> None:
+    line = json.dumps(json_safe(record), default=str, allow_nan=False) + "\n"
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchResult:
+    """What :func:`run_benchmark` did: every row in the directory (old and new), the failures of
+    this run, and how many units were computed now versus found finished."""
+
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    computed: int = 0
+    skipped: int = 0
+    report: ReportPaths | None = None
+
+
+@dataclass(frozen=True)
+class _Unit:
+    surrogate: str
+    spec: MethodSpec
+    method: Method
+    method_hash: str
+    seed: int
+
+
+def _derived_seed(seed: int, example_id: str) -> int:
+    return int(hashlib.sha256(f"{seed}|{example_id}".encode()).hexdigest()[:8], 16)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+async def arun_benchmark(
+    config: BenchConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    closed: ClosedModel | None = None,
+    surrogates: Mapping[str, str | Scorer] | None = None,
+    examples: Sequence[LabeledExample] | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    report: bool = True,
+    reference: ReferenceTable | str | os.PathLike[str] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> BenchResult:
+    """Run (or resume) the benchmark described by ``config`` into ``out_dir``.
+
+    ``closed`` replaces the closed model named by ``config.closed`` (any
+    :class:`~attribsdk.adapters.base.ClosedModel`); ``surrogates`` maps a surrogate's row name to
+    a name/path or a ready :class:`~attribsdk.scoring.base.Scorer` (default: each name of
+    ``config.surrogates``); ``examples`` replaces loading ``config.dataset`` (selection still
+    applies). An existing ``rows.jsonl`` requires ``resume=True``. ``progress`` shows a rich
+    progress bar on stderr. ``report`` renders the report at the end (with ``reference`` points).
+    ``on_row`` is called with each new row.
+    """
+    out = Path(out_dir)
+    rows_path = out / ROWS_FILE
+    if rows_path.exists() and not resume:
+        raise ConfigError(
+            f"{out} already holds results; resume them (resume=True / --resume) or pick a new directory"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+
+    if examples is None:
+        source: Iterable[LabeledExample] = load_dataset(
+            config.dataset, config.data_path, split=config.split, **config.dataset_options
+        )
+    else:
+        source = [ex for ex in examples if config.split == "all" or split_of(ex.id) == config.split]
+    selected = select_examples(
+        source, n_per_bucket=config.n_per_bucket, max_examples=config.max_examples, buckets=config.buckets
+    )
+    if not selected:
+        raise InputError(f"no examples selected from {config.dataset!r} (split {config.split!r})")
+
+    surrogate_specs: dict[str, str | Scorer] = (
+        dict(surrogates) if surrogates is not None else {name: name for name in config.surrogates}
+    )
+    if not surrogate_specs:
+        raise ConfigError("no surrogates given")
+    closed_spec: str | ClosedModel = closed if closed is not None else config.closed
+    closed_name = closed_spec if isinstance(closed_spec, str) else closed_spec.name
+
+    units = [
+        _Unit(surrogate=s, spec=spec, method=spec.build(), method_hash=spec.config_hash(), seed=seed)
+        for s in surrogate_specs for spec in config.methods for seed in config.seeds
+    ]
+    existing = _read_jsonl(rows_path)
+    done = {str(r.get("key")) for r in existing}
+    pending = {
+        ex.id: [u for u in units if row_key(ex.id, u.method_hash, u.seed, u.surrogate) not in done]
+        for ex in selected
+    }
+    n_pending = sum(len(v) for v in pending.values())
+    skipped = len(selected) * len(units) - n_pending
+
+    record = config.model_dump(mode="json")
+    (out / CONFIG_FILE).write_text(json.dumps(
+        {**record, "surrogate_names": list(surrogate_specs), "closed_name": closed_name,
+         "attribsdk": __version__}, indent=1))
+    _append(out / RUNS_FILE, {"started_at": _now(), "attribsdk": __version__, "examples": len(selected),
+                              "units": len(selected) * len(units), "already_done": skipped, "config": record})
+
+    answers = {(str(a["id"]), str(a["closed"])): str(a["answer"]) for a in _read_jsonl(out / ANSWERS_FILE)}
+    new_rows: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    bar = _progress_bar(n_pending, progress)
+
+    from ..explainer import Explainer
+    from ..scoring.models import ModelStore
+
+    store = ModelStore()
+    try:
+        async with AsyncExitStack() as stack:
+            explainers: dict[str, Explainer] = {}
+            params = GenerationParams(max_tokens=config.max_answer_tokens, temperature=0.0)
+            for name, spec in surrogate_specs.items():
+                explainers[name] = await stack.enter_async_context(Explainer(
+                    closed=closed_spec, surrogate=spec, device=config.device, dtype=config.dtype,
+                    store=store, params=params,
+                ))
+            answerer = next(iter(explainers.values()))
+            limiter = anyio.CapacityLimiter(config.concurrency)
+
+            def fail(ex: LabeledExample, unit: _Unit | None, exc: BaseException) -> None:
+                err: dict[str, Any] = dict.fromkeys(("key", "method", "seed", "surrogate"))
+                err["id"] = ex.id
+                if unit is not None:
+                    err.update(key=row_key(ex.id, unit.method_hash, unit.seed, unit.surrogate),
+                               method=unit.spec.label, seed=unit.seed, surrogate=unit.surrogate)
+                err.update(error=type(exc).__name__, message=getattr(exc, "message", str(exc)), at=_now())
+                errors.append(err)
+                _append(out / ERRORS_FILE, err)
+
+            async def run_example(ex: LabeledExample) -> None:
+                todo = pending[ex.id]
+                if not todo:
+                    return
+                async with limiter:
+                    try:
+                        answer = await _answer(ex, config, answerer, closed_name, answers, out)
+                    except AttribError as exc:
+                        fail(ex, None, exc)
+                        bar(len(todo))
+                        return
+                    for unit in todo:
+                        try:
+                            explainer = explainers[unit.surrogate]
+                            row = await _explain_row(ex, unit, answer, explainer, config, closed_name)
+                        except AttribError as exc:
+                            fail(ex, unit, exc)
+                        else:
+                            _append(rows_path, row)
+                            new_rows.append(row)
+                            if on_row is not None:
+                                on_row(row)
+                        bar(1)
+
+            async with anyio.create_task_group() as tg:
+                for ex in selected:
+                    tg.start_soon(run_example, ex)
+    finally:
+        bar(0, close=True)
+        await anyio.to_thread.run_sync(store.close)
+
+    result = BenchResult(out_dir=out, rows=existing + new_rows, errors=errors, computed=len(new_rows),
+                         skipped=skipped)
+    if report:
+        from .report import write_report
+
+        result.report = write_report(out, reference=reference)
+    return result
+
+
+def run_benchmark(config: BenchConfig, out_dir: str | os.PathLike[str], **kwargs: Any) -> BenchResult:
+    """Blocking :func:`arun_benchmark` (do not call it from inside a running event loop)."""
+    result: BenchResult = anyio.run(lambda: arun_benchmark(config, out_dir, **kwargs))
+    return result
+
+
+async def _answer(
+    ex: LabeledExample, config: BenchConfig, explainer: Explainer, closed_name: str,
+    answers: dict[tuple[str, str], str], out: Path,
+) -> str:
+    """The example's answer: stored, the reference answer, or one closed call (then stored)."""
+    if config.answer_source == "reference":
+        if not ex.reference_answer or not ex.reference_answer.strip():
+            raise InputError(f"example {ex.id!r} has no reference answer (answer_source='reference')")
+        return ex.reference_answer
+    key = (ex.id, closed_name)
+    if key in answers:
+        return answers[key]
+    model = await explainer.closed_model()
+    messages: list[Message] = list(ex.prompt.render().messages)
+    completion = await model.generate(messages, explainer.params)
+    text = completion.text
+    if not text.strip():
+        raise InputError(f"the closed model returned an empty answer for example {ex.id!r}")
+    answers[key] = text
+    _append(out / ANSWERS_FILE, {
+        "id": ex.id, "closed": closed_name, "answer": text, "model": completion.model,
+        "finish_reason": completion.finish_reason, "input_tokens": completion.usage.input_tokens,
+        "output_tokens": completion.usage.output_tokens, "cached": completion.cached, "at": _now(),
+    })
+    return text
+
+
+async def _explain_row(
+    ex: LabeledExample, unit: _Unit, answer: str, explainer: Explainer, config: BenchConfig, closed_name: str,
+) -> dict[str, Any]:
+    res = await explainer.explain_prompt(ex.prompt, answer=answer, method=unit.method, seed=unit.seed)
+    plaus = res.attributions if config.plausibility_scores == "attributions" else res.coefficients
+    metrics: dict[str, float] = plausibility(plaus, ex.gold)
+    faith_seconds = 0.0
+    if config.faithfulness is not None:
+        scorer = await explainer.scorer()
+        scores = res.coefficients if config.faithfulness_scores == "coefficients" else res.attributions
+        fcfg, seed = config.faithfulness, _derived_seed(unit.seed, ex.id)
+        t0 = time.perf_counter()
+        try:
+            faith = await anyio.to_thread.run_sync(
+                lambda: evaluate_faithfulness(scorer, ex.prompt, answer, scores, fcfg, seed=seed)
+            )
+        except AttribError:
+            raise
+        except Exception as exc:  # a failing metric is recorded as this unit's error
+            raise ScoringError(f"faithfulness metrics failed: {type(exc).__name__}: {exc}") from exc
+        faith_seconds = time.perf_counter() - t0
+        metrics.update(faith)
+    return {
+        "key": row_key(ex.id, unit.method_hash, unit.seed, unit.surrogate),
+        "id": ex.id, "dataset": ex.dataset, "split": split_of(ex.id), "bucket": ex.bucket,
+        "m": ex.n_features, "gold": list(ex.gold),
+        "method": unit.spec.label, "method_name": res.method, "method_hash": unit.method_hash,
+        "method_config": res.config, "seed": unit.seed, "surrogate": unit.surrogate,
+        "closed": closed_name if config.answer_source == "closed" else "reference", "answer": answer,
+        "metrics": metrics, "attributions": res.attributions, "coefficients": res.coefficients,
+        "r2": res.r2, "seconds": res.timings.total, "scoring_seconds": res.timings.scoring,
+        "faithfulness_seconds": faith_seconds, "sequences": res.counts.surrogate_sequences,
+        "tokens": res.counts.surrogate_tokens, "created_at": _now(),
+    }
+
+
+def _progress_bar(total: int, enabled: bool) -> Callable[..., None]:
+    """A rich progress bar on stderr advanced by ``bar(n)``; ``bar(0, close=True)`` stops it."""
+    if not enabled or total == 0:
+        return lambda n, close=False: None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    prog = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+    task = prog.add_task("benchmark", total=total)
+    prog.start()
+
+    def advance(n: int, close: bool = False) -> None:
+        if n:
+            prog.advance(task, n)
+        if close:
+            prog.stop()
+
+    return advance

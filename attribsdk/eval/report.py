@@ -1,0 +1,277 @@
+"""Render a benchmark directory (``rows.jsonl``) as markdown tables, a JSON file and PNG plots.
+
+* ``results.md`` — per dataset and surrogate: one row per (bucket of M, method) with the mean ± std
+  of every metric, the same as median [q1, q3], the published reference points when given, and
+  the plots.
+* ``results.json`` — the configuration, the aggregates (every :class:`~.metrics.Summary` field)
+  and every per-example row.
+* ``plots/<dataset>__<surrogate>__<metric>.png`` — the metric's mean (± standard error of the
+  mean) against the bucket of M, one line per method, with reference points as black markers.
+
+Everything is recomputed from ``rows.jsonl``, so ``attribsdk bench report DIR`` can re-render a
+finished or interrupted run. Plots use matplotlib's Agg canvas directly (no pyplot state).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .bench import CONFIG_FILE, ROWS_FILE, _read_jsonl, json_safe
+from .datasets import BUCKETS
+from .metrics import PLAUSIBILITY_METRICS, Summary, summarize
+from .reference import ReferenceTable, load_reference
+
+__all__ = ["ReportPaths", "aggregate_rows", "load_rows", "markdown_report", "metric_names", "write_report"]
+
+RESULTS_MD = "results.md"
+RESULTS_JSON = "results.json"
+PLOTS_DIR = "plots"
+ALL = "all"
+
+#: Preferred column order of metrics (others follow alphabetically).
+_METRIC_ORDER = (
+    *PLAUSIBILITY_METRICS, "abpc", "auc_morf", "auc_lerf", "soft_nc", "soft_ns", "pi_soft_nc_auc",
+    "pi_soft_ns_auc", "topk_drop@1", "topk_drop@3", "topk_drop@5", "lds",
+)
+_HIDDEN = {"pi_max_gap"}  # diagnostics kept in the JSON, not tabulated or plotted
+_BUCKET_ORDER = [b[0] for b in BUCKETS]
+
+
+@dataclass
+class ReportPaths:
+    """Files written by :func:`write_report`."""
+
+    markdown: Path
+    json: Path
+    plots: list[Path] = field(default_factory=list)
+
+
+def load_rows(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of a benchmark directory (raises :class:`InputError` when it has none)."""
+    path = Path(out_dir) / ROWS_FILE
+    if not path.is_file():
+        raise InputError(f"{path} not found: not a benchmark directory, or no row finished yet")
+    return _read_jsonl(path)
+
+
+def metric_names(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Metrics present in ``rows``, in table order."""
+    present: set[str] = set()
+    for r in rows:
+        present.update(k for k in r.get("metrics", {}) if k not in _HIDDEN)
+    ordered = [m for m in _METRIC_ORDER if m in present]
+    return ordered + sorted(present - set(ordered))
+
+
+def _bucket_key(b: str) -> tuple[int, str]:
+    if b == ALL:
+        return (len(_BUCKET_ORDER) + 1, b)
+    return (_BUCKET_ORDER.index(b), b) if b in _BUCKET_ORDER else (-1, b)
+
+
+def aggregate_rows(
+    rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """One record per (dataset, surrogate, method, bucket) — and bucket ``"all"`` — with the
+    :class:`~.metrics.Summary` of each metric and the mean seconds / surrogate sequences per
+    explanation."""
+    names = list(metrics) if metrics is not None else metric_names(rows)
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        for bucket in (str(r["bucket"]), ALL):
+            key = (str(r["dataset"]), str(r["surrogate"]), str(r["method"]), bucket)
+            groups.setdefault(key, []).append(r)
+    out: list[dict[str, Any]] = []
+    for (dataset, surrogate, method, bucket), members in groups.items():
+        out.append({
+            "dataset": dataset, "surrogate": surrogate, "method": method, "bucket": bucket, "n": len(members),
+            "metrics": {m: summarize(r.get("metrics", {}).get(m) for r in members) for m in names},
+            "seconds": summarize(r.get("seconds") for r in members),
+            "sequences": summarize(r.get("sequences") for r in members),
+        })
+    return out
+
+
+def _method_order(rows: Sequence[dict[str, Any]], config: dict[str, Any] | None) -> list[str]:
+    labels = [str(m["label"]) for m in (config or {}).get("methods", []) if isinstance(m, dict)]
+    seen = list(dict.fromkeys(labels))
+    for r in rows:
+        if r["method"] not in seen:
+            seen.append(str(r["method"]))
+    return seen
+
+
+def _fmt(s: Summary, stat: str) -> str:
+    return s.mean_std() if stat == "mean" else s.median_iqr()
+
+
+def markdown_report(
+    rows: Sequence[dict[str, Any]],
+    *,
+    config: dict[str, Any] | None = None,
+    reference: ReferenceTable | None = None,
+    plots: Sequence[Path] = (),
+    base: Path | None = None,
+) -> str:
+    """The markdown text of ``results.md``."""
+    names = metric_names(rows)
+    aggs = aggregate_rows(rows, names)
+    methods = _method_order(rows, config)
+    lines = ["# Benchmark results", ""]
+    if config:
+        closed = config.get("closed_name", config.get("closed"))
+        faith = ""
+        if config.get("faithfulness"):
+            faith = f", faithfulness on `{config.get('faithfulness_scores')}`"
+        lines += [
+            f"Dataset `{config.get('dataset')}` (split `{config.get('split')}`), closed model `{closed}`, "
+            f"answers from `{config.get('answer_source')}`, seeds {config.get('seeds')}, plausibility on "
+            f"`{config.get('plausibility_scores')}`{faith}.",
+            "",
+        ]
+    lines += [
+        "Cells are mean ± std over examples (sample std), then median [q1, q3]; `n` counts examples. "
+        "`s/expl` is wall-clock seconds per explanation, `seq/expl` surrogate sequences per explanation.",
+        "",
+    ]
+    for dataset, surrogate in dict.fromkeys((a["dataset"], a["surrogate"]) for a in aggs):
+        sel = [a for a in aggs if a["dataset"] == dataset and a["surrogate"] == surrogate]
+        sel.sort(key=lambda a: (_bucket_key(a["bucket"]), methods.index(a["method"])
+                                if a["method"] in methods else len(methods)))
+        lines += [f"## {dataset} — surrogate `{surrogate}`", ""]
+        for stat, title in (("mean", "Mean ± std"), ("median", "Median [q1, q3]")):
+            lines += [f"### {title}", ""]
+            head = ["M", "method", "n", *names] + (["s/expl", "seq/expl"] if stat == "mean" else [])
+            lines.append("| " + " | ".join(head) + " |")
+            lines.append("|" + "---|" * len(head))
+            for a in sel:
+                cells = [a["bucket"], a["method"], str(a["n"]), *(_fmt(a["metrics"][m], stat) for m in names)]
+                if stat == "mean":
+                    cells += [f"{a['seconds'].mean:.2f}" if a["seconds"].n else "n/a",
+                              f"{a['sequences'].mean:.1f}" if a["sequences"].n else "n/a"]
+                lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
+        refs = reference.select(dataset=dataset) if reference else []
+        if refs:
+            lines += ["### Published reference points", "", "| M | method | metric | value | source |",
+                      "|---|---|---|---|---|"]
+            for ref in sorted(refs, key=lambda p: (_bucket_key(p.bucket), p.method, p.metric)):
+                value = f"{ref.value:.3f}" + (f" ± {ref.std:.3f}" if ref.std is not None else "")
+                lines.append(f"| {ref.bucket} | {ref.method} | {ref.metric} | {value} | {ref.citation} |")
+            lines.append("")
+        mine = [p for p in plots if p.name.startswith(f"{_slug(dataset)}__{_slug(surrogate)}__")]
+        if mine:
+            lines += ["### Plots", ""]
+            for p in mine:
+                rel = os.path.relpath(p, base) if base is not None else str(p)
+                lines.append(f"![{p.stem}]({rel})")
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+
+
+def _plot(
+    rows: Sequence[dict[str, Any]], dataset: str, surrogate: str, metric: str, methods: Sequence[str],
+    reference: ReferenceTable | None, path: Path,
+) -> bool:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    sel = [r for r in rows if r["dataset"] == dataset and r["surrogate"] == surrogate]
+    buckets = sorted({str(r["bucket"]) for r in sel}, key=_bucket_key)
+    refs = reference.select(dataset=dataset, metric=metric) if reference else []
+    buckets += sorted({p.bucket for p in refs if p.bucket != ALL and p.bucket not in buckets})
+    buckets.sort(key=_bucket_key)
+    xpos = {b: i for i, b in enumerate(buckets)}
+    fig = Figure(figsize=(7.0, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    drawn = False
+    n_methods = max(1, len(methods))
+    for j, method in enumerate(methods):
+        xs, ys, es = [], [], []
+        for b in buckets:
+            members = [r for r in sel if r["method"] == method and r["bucket"] == b]
+            s = summarize(r.get("metrics", {}).get(metric) for r in members)
+            if s.n:
+                xs.append(xpos[b] + (j - (n_methods - 1) / 2) * 0.06)
+                ys.append(s.mean)
+                es.append(0.0 if math.isnan(s.sem) else s.sem)
+        if xs:
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
+            drawn = True
+    for i, p in enumerate(refs):
+        if p.bucket in xpos:
+            ax.scatter([xpos[p.bucket]], [p.value], marker="x", color="black", zorder=5,
+                       label=f"reference ({p.citation})" if i == 0 else None)
+    if not drawn:
+        return False
+    ax.set_xticks(range(len(buckets)), buckets)
+    ax.set_xlabel("number of features M (bucket)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{dataset} · {metric} (mean ± s.e.m.) · surrogate {surrogate}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return True
+
+
+def write_report(
+    out_dir: str | os.PathLike[str],
+    *,
+    reference: ReferenceTable | str | os.PathLike[str] | None = None,
+    plots: bool = True,
+) -> ReportPaths:
+    """(Re)write ``results.md``, ``results.json`` and ``plots/`` of a benchmark directory.
+
+    ``reference`` is a :class:`~.reference.ReferenceTable` or a JSON file of reference points
+    (:func:`~.reference.load_reference`); the built-in points are always included.
+    """
+    out = Path(out_dir)
+    rows = load_rows(out)
+    config_path = out / CONFIG_FILE
+    config: dict[str, Any] | None = json.loads(config_path.read_text()) if config_path.is_file() else None
+    if isinstance(reference, ReferenceTable):
+        refs = load_reference() + reference
+    else:
+        refs = load_reference(reference)
+    names = metric_names(rows)
+    methods = _method_order(rows, config)
+    plot_paths: list[Path] = []
+    if plots:
+        for dataset, surrogate in dict.fromkeys((str(r["dataset"]), str(r["surrogate"])) for r in rows):
+            for metric in names:
+                path = out / PLOTS_DIR / f"{_slug(dataset)}__{_slug(surrogate)}__{_slug(metric)}.png"
+                if _plot(rows, dataset, surrogate, metric, methods, refs, path):
+                    plot_paths.append(path)
+    md_path = out / RESULTS_MD
+    md_path.write_text(markdown_report(rows, config=config, reference=refs, plots=plot_paths, base=out))
+    aggs = [
+        {**a, "metrics": {m: s.to_dict() for m, s in a["metrics"].items()},
+         "seconds": a["seconds"].to_dict(), "sequences": a["sequences"].to_dict()}
+        for a in aggregate_rows(rows, names)
+    ]
+    json_path = out / RESULTS_JSON
+    payload = {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "config": config,
+        "metrics": names, "methods": methods, "aggregates": aggs, "reference": refs.to_json(), "rows": rows,
+    }
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(json_safe(payload), indent=1, default=str, allow_nan=False))
+    tmp.replace(json_path)
+    return ReportPaths(markdown=md_path, json=json_path, plots=plot_paths)
+

@@ -1,0 +1,171 @@
+"""The Explainer end to end with a tiny in-process surrogate and in-process closed models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+
+from attribsdk import ConfigError, Explainer, Explanation, FeatureError, ScoringError
+from attribsdk.adapters.local import LocalClosedModel
+from attribsdk.adapters.wrappers import FunctionModel, TestModel
+from attribsdk.cost import Budget
+from attribsdk.errors import BudgetExceeded
+from attribsdk.scoring.base import ScoringRequest
+from tests.tiny_models import tiny_local_model
+
+pytestmark = pytest.mark.anyio
+
+CONTEXT = [
+    "The capital of France is Paris. Paris is a large city on the Seine.",
+    "Berlin is the capital of Germany. The cat sat on the mat in the sun.",
+]
+QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Any:
+    return tiny_local_model(seed=3)
+
+
+async def test_explain_runs_every_stage_and_reports_counts(tiny: Any) -> None:
+    closed = TestModel("Paris is the capital of France.")
+    async with Explainer(closed=closed, surrogate=tiny, cache=False) as ex:
+        res = await ex.explain(QUESTION, CONTEXT, features="sentences")
+    assert len(closed.calls) == 1  # exactly one closed call
+    assert [f.text for f in res.features][:2] == ["The capital of France is Paris.", "Paris is a large city on the Seine."]
+    m = len(res.features)
+    assert len(res.attributions) == m == len(res.coefficients) == 4
+    assert abs(sum(res.attributions) - 1) < 1e-9 and min(res.attributions) >= 0
+    # attributions are the normalised magnitudes of the signed coefficients
+    coef = np.abs(res.coefficients)
+    np.testing.assert_allclose(res.attributions, coef / coef.sum())
+    assert res.samples is not None and res.samples.masks[0] == [1] * m
+    assert res.counts.closed_calls == 1 and res.counts.cache_hits == 0
+    assert res.counts.surrogate_sequences == len(res.samples.masks)
+    assert res.counts.surrogate_tokens > 0
+    assert res.samples.weights[0] == 1.0 and res.samples.targets[0] == pytest.approx(0.0, abs=1e-6)
+    assert res.config["sampler"]["kind"] == "sparse_k" and res.config["kernel"]["kind"] == "rwmd"
+    assert res.timings.total >= res.timings.scoring > 0
+    assert res.cost.closed_calls == 1 and res.usage.output_tokens == 6
+
+
+async def test_same_seed_same_result_and_json_round_trip(tiny: Any) -> None:
+    async with Explainer(closed=TestModel("Paris."), surrogate=tiny, cache=False) as ex:
+        a = await ex.explain(QUESTION, CONTEXT, seed=7)
+        b = await ex.explain(QUESTION, CONTEXT, seed=7)
+    assert a.attributions == b.attributions and a.samples == b.samples
+    again = Explanation.model_validate_json(a.model_dump_json())
+    assert again == a
+
+
+async def test_given_answer_makes_no_closed_call(tiny: Any) -> None:
+    closed = TestModel("unused")
+    async with Explainer(closed=closed, surrogate=tiny, cache=False) as ex:
+        res = await ex.explain(QUESTION, CONTEXT, answer="Paris.")
+    assert closed.calls == [] and res.counts.closed_calls == 0 and res.closed_model is None
+    assert res.answer == "Paris."
+
+
+async def test_local_closed_model_and_disk_cache(tiny: Any, tmp_path: Path) -> None:
+    """A second run of the same explanation makes no upstream call. (The random tiny model never
+    stops before max_tokens, so truncated answers are allowed into the cache here.)"""
+    for run in range(2):
+        async with Explainer(
+            closed=LocalClosedModel(tiny), surrogate=tiny, cache=tmp_path / "c",
+            closed_options={"allow_truncated": True},
+        ) as ex:
+            res = await ex.explain(QUESTION, CONTEXT)
+        assert (res.counts.closed_calls, res.counts.cache_hits) == ((1, 0) if run == 0 else (0, 1))
+        assert res.answer.strip()
+
+
+async def test_scoring_failure_keeps_the_paid_answer(tiny: Any) -> None:
+    class Broken:
+        name = "broken"
+
+        def score(self, request: ScoringRequest) -> Any:
+            raise RuntimeError("device lost")
+
+    async with Explainer(closed=TestModel("Paris."), surrogate=Broken(), cache=False) as ex:
+        with pytest.raises(ScoringError, match="device lost") as info:
+            await ex.explain(QUESTION, CONTEXT)
+    assert info.value.partial["completion"].text == "Paris."
+    assert info.value.partial["cost"].closed_calls == 1
+
+
+async def test_budget_refuses_the_call(tiny: Any) -> None:
+    closed = TestModel("Paris.")
+    async with Explainer(closed=closed, surrogate=tiny, cache=False, budget=Budget(max_calls=0)) as ex:
+        with pytest.raises(BudgetExceeded):
+            await ex.explain(QUESTION, CONTEXT)
+    assert closed.calls == []
+
+
+async def test_explain_many_isolates_failures(tiny: Any) -> None:
+    seen: list[int] = []
+
+    def answer(messages: Any, params: Any) -> str:
+        if "Germany" in messages[-1].content and "Bonn" in messages[-1].content:
+            raise RuntimeError("upstream exploded")
+        return "An answer."
+
+    examples = [
+        {"question": QUESTION, "context": CONTEXT},
+        {"question": QUESTION, "context": CONTEXT, "features": "letters"},  # bad granularity
+        {"question": "Where?", "context": ["Bonn was the capital of Germany."]},  # closed model fails
+        {"question": QUESTION, "context": CONTEXT, "answer": "Paris."},
+    ]
+    async with Explainer(closed=FunctionModel(answer), surrogate=tiny, cache=False) as ex:
+        out = await ex.explain_many(examples, concurrency=2, on_result=lambda i, r: seen.append(i))
+    assert isinstance(out[0], Explanation) and isinstance(out[3], Explanation)
+    assert isinstance(out[1], FeatureError)
+    assert isinstance(out[2], ScoringError) and "upstream exploded" in str(out[2])
+    assert sorted(seen) == [0, 1, 2, 3]
+
+
+def test_sync_wrapper(tiny: Any) -> None:
+    with Explainer(closed=TestModel("Paris."), surrogate=tiny, cache=False) as ex:
+        res = ex.explain_sync(QUESTION, CONTEXT, features="sentences")
+        many = ex.explain_many_sync([{"question": QUESTION, "context": CONTEXT}])
+    assert isinstance(res, Explanation) and isinstance(many[0], Explanation)
+    with pytest.raises(ConfigError, match="with Explainer"):
+        Explainer(closed=TestModel("x"), surrogate=tiny).explain_sync(QUESTION, CONTEXT)
+
+
+async def test_closed_explainer_refuses_work(tiny: Any) -> None:
+    ex = Explainer(closed=TestModel("Paris."), surrogate=tiny, cache=False)
+    await ex.aclose()
+    with pytest.raises(ConfigError, match="closed"):
+        await ex.explain(QUESTION, CONTEXT)
+
+
+@pytest.mark.parametrize("method", ["rope-lime", "rope-lime-loo"])
+async def test_methods_and_kernels_run(tiny: Any, method: str) -> None:
+    async with Explainer(closed=TestModel("Paris."), surrogate=tiny, cache=False, method=method) as ex:
+        res = await ex.explain(QUESTION, CONTEXT)
+        m = len(res.features)
+        assert res.samples is not None
+        if method == "rope-lime-loo":
+            assert len(res.samples.masks) == m + 1
+        from attribsdk import RopeLime
+
+        for kernel in ("cosine", "none"):
+            r2 = await ex.explain(QUESTION, CONTEXT, method=RopeLime(kernel=kernel))
+            assert r2.config["kernel"]["kind"] == kernel
+
+
+def test_anyio_run_from_plain_code(tiny: Any) -> None:
+    async def go() -> Explanation:
+        async with Explainer(closed=TestModel("Paris."), surrogate=tiny, cache=False) as ex:
+            return await ex.explain(QUESTION, CONTEXT)
+
+    assert isinstance(anyio.run(go, backend="trio"), Explanation)
