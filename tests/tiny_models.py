@@ -1,0 +1,195 @@
+"""Tiny, seeded, offline test doubles for the scoring layer.
+
+* :func:`tiny_tokenizer` -- a byte-level BPE trained in-process with ``tokenizers`` and wrapped in
+  ``PreTrainedTokenizerFast`` with a hand-written ChatML template (special tokens ``<|im_start|>``,
+  ``<|im_end|>``, ``<|endoftext|>``).
+* :func:`tiny_llama` -- a 2-layer ``LlamaForCausalLM`` (hidden 64, 4 query heads / 2 KV heads,
+  head_dim 16) with random weights.
+* :func:`tiny_local_model` -- both wrapped as a :class:`~attribsdk.scoring.models.LocalModel`.
+* :func:`write_tiny_gguf` -- the same model and tokenizer written as a real llama GGUF with
+  ``gguf.GGUFWriter`` (float32 tensors, llama.cpp's Q/K row permutation), to exercise the GGUF path.
+
+Everything builds in a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from attribsdk.scoring.models import LocalModel
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+_CORPUS = [
+    "The capital of France is Paris. Paris is a large city on the Seine.",
+    "Berlin is the capital of Germany. The cat sat on the mat in the sun.",
+    "Answer the question using the context. Answer in one short sentence.",
+    "Context: Question: What is the capital of France? Which river runs through it?",
+    "Marie Curie won two Nobel prizes, in physics and in chemistry, in 1903 and 1911.",
+    "The quick brown fox jumps over the lazy dog while the birds sing in the trees.",
+    "You are a helpful assistant. Water boils at 100 degrees at sea level.",
+]
+
+
+@functools.cache
+def _trained_tokenizer_json() -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer)
+    return str(tok.to_str())
+
+
+def tiny_tokenizer(*, chat_template: str | None = CHATML_TEMPLATE) -> Any:
+    """A fresh fast tokenizer (``chat_template=None``: a base-model tokenizer without a template)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=Tokenizer.from_str(_trained_tokenizer_json()),
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
+    tok.chat_template = chat_template
+    return tok
+
+
+def tiny_llama(
+    vocab_size: int, *, seed: int = 0, context: int = 512, n_layers: int = 2, init_range: float = 0.2
+) -> Any:
+    """A random Llama (2 layers by default). ``init_range`` is large so that distributions are far
+    from uniform."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=context,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        rms_norm_eps=1e-6,
+        initializer_range=init_range,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    model: Any = LlamaForCausalLM(config)
+    return model.eval()
+
+
+def tiny_local_model(
+    *, seed: int = 0, context: int = 512, n_layers: int = 2, chat_template: str | None = CHATML_TEMPLATE
+) -> LocalModel:
+    """A :class:`LocalModel` around :func:`tiny_llama` and :func:`tiny_tokenizer` (CPU, float32)."""
+    from attribsdk.scoring.models import LocalModel
+
+    tok = tiny_tokenizer(chat_template=chat_template)
+    model = tiny_llama(len(tok), seed=seed, context=context, n_layers=n_layers)
+    return LocalModel(model, tok, name="tiny-llama")
+
+
+def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's converter reorders Q/K rows from HF's rotate-half layout to interleaved pairs."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_tiny_gguf(path: Path, *, seed: int = 0) -> tuple[Path, Any, Any]:
+    """Write :func:`tiny_llama` + :func:`tiny_tokenizer` as a llama GGUF at ``path``.
+
+    Returns ``(path, model, tokenizer)``: the in-memory originals, to compare the loaded model with.
+    """
+    import gguf
+
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok), seed=seed)
+    cfg = model.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-llama")
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+
+    vocab = tok.get_vocab()
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    special = set(SPECIAL_TOKENS)
+    merges = _merges_from_json()
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(
+        [gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens]
+    )
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(tok.bos_token_id)
+    writer.add_eos_token_id(tok.eos_token_id)
+    writer.add_pad_token_id(tok.pad_token_id)
+    writer.add_chat_template(CHATML_TEMPLATE)
+
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    writer.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"])
+        writer.add_tensor(
+            f"blk.{i}.attn_q.weight",
+            _llama_cpp_permute(sd[p + "self_attn.q_proj.weight"], cfg.num_attention_heads),
+        )
+        writer.add_tensor(
+            f"blk.{i}.attn_k.weight",
+            _llama_cpp_permute(sd[p + "self_attn.k_proj.weight"], cfg.num_key_value_heads),
+        )
+        writer.add_tensor(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"])
+        writer.add_tensor(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"])
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"])
+        writer.add_tensor(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"])
+        writer.add_tensor(f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"])
+        writer.add_tensor(f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"])
+    writer.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    writer.add_tensor("output.weight", sd["lm_head.weight"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path, model, tok
+
+
+def _merges_from_json() -> list[str]:
+    import json
+
+    merges = json.loads(_trained_tokenizer_json())["model"]["merges"]
+    return [m if isinstance(m, str) else " ".join(m) for m in merges]

