@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,7 +24,9 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _run_explain(kwargs: dict[str, Any], explainer_kwargs: dict[str, Any], as_json: bool, top: int | None) -> None:
+def _run_explain(
+    kwargs: dict[str, Any], explainer_kwargs: dict[str, Any], as_json: bool, top: int | None
+) -> None:
     from .explainer import Explainer
 
     with Explainer(**explainer_kwargs) as ex:
@@ -54,13 +55,24 @@ def _guard(fn: Any, *args: Any, debug: bool = False) -> None:
 @app.command()
 def explain(
     question: Annotated[str, typer.Argument(help="The question or prompt ('-' reads stdin).")],
-    context: Annotated[list[str] | None, typer.Option("--context", "-c", help="A context document (repeatable).")] = None,
-    context_file: Annotated[list[Path] | None, typer.Option("--context-file", "-f", help="Read a context document from a file (repeatable).")] = None,
+    context: Annotated[
+        list[str] | None, typer.Option("--context", "-c", help="A context document (repeatable).")
+    ] = None,
+    context_file: Annotated[
+        list[Path] | None,
+        typer.Option("--context-file", "-f", help="Read a context document from a file (repeatable)."),
+    ] = None,
     features: Annotated[str, typer.Option(help="words | sentences | paragraphs | documents")] = "sentences",
     method: Annotated[str, typer.Option(help="rope-lime | rope-lime-loo")] = "rope-lime",
-    closed: Annotated[str, typer.Option(help="Closed model, e.g. local:smollm2, openai:gpt-4o-mini")] = "local:smollm2",
-    surrogate: Annotated[str, typer.Option(help="Surrogate: smollm2, gemma3-270m, a directory or a .gguf file")] = "smollm2",
-    answer: Annotated[str | None, typer.Option(help="Use this answer instead of calling the closed model.")] = None,
+    closed: Annotated[
+        str, typer.Option(help="Closed model, e.g. local:smollm2, openai:gpt-4o-mini")
+    ] = "local:smollm2",
+    surrogate: Annotated[
+        str, typer.Option(help="Surrogate: smollm2, gemma3-270m, a directory or a .gguf file")
+    ] = "smollm2",
+    answer: Annotated[
+        str | None, typer.Option(help="Use this answer instead of calling the closed model.")
+    ] = None,
     system: Annotated[str | None, typer.Option(help="System prompt (fixed, not a feature).")] = None,
     seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
@@ -80,11 +92,19 @@ def explain(
             except OSError as exc:
                 _fail(f"cannot read {p}: {exc.strerror}")
         kwargs: dict[str, Any] = {
-            "question": q, "context": docs or None, "features": features, "answer": answer,
-            "system": system, "seed": seed,
+            "question": q,
+            "context": docs or None,
+            "features": features,
+            "answer": answer,
+            "system": system,
+            "seed": seed,
         }
-        _run_explain(kwargs, {"closed": closed, "surrogate": surrogate, "method": method,
-                              "device": device, "dtype": dtype}, as_json, top)
+        _run_explain(
+            kwargs,
+            {"closed": closed, "surrogate": surrogate, "method": method, "device": device, "dtype": dtype},
+            as_json,
+            top,
+        )
 
     _guard(run, debug=debug)
 

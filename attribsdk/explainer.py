@@ -1,7 +1,7 @@
 """The Explainer: wires the stages together. Async first, with thin sync wrappers.
 
-    prompt → features → closed answer (adapter) → method (sampling → surrogate scores →
-    locality → regression) → Explanation
+prompt → features → closed answer (adapter) → method (sampling → surrogate scores →
+locality → regression) → Explanation
 """
 
 from __future__ import annotations
@@ -99,8 +99,13 @@ class Explainer:
         self._closed: ClosedModelStack | None = None
         self.ledger = CallLedger(pricing=pricing, budget=budget)
         self._stack_options: dict[str, Any] = {
-            "cache": cache, "max_concurrency": max_concurrency, "rpm": rpm, "tpm": tpm,
-            "timeout": timeout, "max_attempts": max_attempts, **(closed_options or {}),
+            "cache": cache,
+            "max_concurrency": max_concurrency,
+            "rpm": rpm,
+            "tpm": tpm,
+            "timeout": timeout,
+            "max_attempts": max_attempts,
+            **(closed_options or {}),
         }
         self._scorer: Scorer | None = None if isinstance(surrogate, str) else surrogate
         self._init_lock: anyio.Lock | None = None
@@ -211,8 +216,13 @@ class Explainer:
         """
         t0 = time.perf_counter()
         prompt = build_prompt(
-            question, context, features=features, system=system, template=template,
-            explain_question=explain_question, language=language,
+            question,
+            context,
+            features=features,
+            system=system,
+            template=template,
+            explain_question=explain_question,
+            language=language,
         )
         t_features = time.perf_counter() - t0
         return await self.explain_prompt(
@@ -240,8 +250,15 @@ class Explainer:
             completion = await self._answer(prompt, answer)
             t_closed = time.perf_counter() - t0
             return await self._attribute(
-                prompt, completion, meth, seed_v, tracked, answer_given=answer is not None,
-                t_features=_t_features, t_closed=t_closed, t_start=t_start,
+                prompt,
+                completion,
+                meth,
+                seed_v,
+                tracked,
+                answer_given=answer is not None,
+                t_features=_t_features,
+                t_closed=t_closed,
+                t_start=t_start,
             )
 
     async def _attribute(
@@ -258,8 +275,10 @@ class Explainer:
         t_start: float,
     ) -> Explanation:
         if not completion.text.strip():
-            raise InputError("the closed model returned an empty answer; nothing to explain",
-                             partial={"completion": completion})
+            raise InputError(
+                "the closed model returned an empty answer; nothing to explain",
+                partial={"completion": completion},
+            )
 
         # 2. the method (sampling → scoring → locality → regression)
         try:
@@ -411,8 +430,13 @@ def _progress(total: int, enabled: bool) -> Callable[..., None]:
         return lambda n, close=False: None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    prog = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), transient=False)
+    prog = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=False,
+    )
     task = prog.add_task("explaining", total=total)
     prog.start()
 

@@ -109,7 +109,9 @@ class Explanation(BaseModel):
         order = sorted(range(len(self.features)), key=lambda i: (-self.attributions[i], i))
         return [
             RankedFeature(
-                rank=r + 1, feature=self.features[i], attribution=self.attributions[i],
+                rank=r + 1,
+                feature=self.features[i],
+                attribution=self.attributions[i],
                 coefficient=self.coefficients[i],
             )
             for r, i in enumerate(order)

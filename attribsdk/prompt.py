@@ -110,8 +110,12 @@ class Prompt(BaseModel):
                 if part.feature:
                     feats.append(
                         Feature(
-                            index=len(feats), text=part.text, start=pos, end=pos + len(part.text),
-                            source=d_idx, slot=doc.slot,
+                            index=len(feats),
+                            text=part.text,
+                            start=pos,
+                            end=pos + len(part.text),
+                            source=d_idx,
+                            slot=doc.slot,
                         )
                     )
                 pos += len(part.text)
@@ -309,6 +313,11 @@ class Example(BaseModel):
             return self.prompt
         assert self.question is not None
         return build_prompt(
-            self.question, self.context, features=self.features, system=self.system,
-            template=self.template, explain_question=self.explain_question, language=language,
+            self.question,
+            self.context,
+            features=self.features,
+            system=self.system,
+            template=self.template,
+            explain_question=self.explain_question,
+            language=language,
         )

@@ -16,7 +16,9 @@ from attribsdk.eval.datasets import BUCKETS, LabeledExample
 BUCKET_ORDER = [b[0] for b in BUCKETS]
 
 
-def stratified(examples: Iterable[LabeledExample], n: int, per_bucket: int | None = None) -> list[LabeledExample]:
+def stratified(
+    examples: Iterable[LabeledExample], n: int, per_bucket: int | None = None
+) -> list[LabeledExample]:
     """Up to ``n`` examples spread round-robin over the paper's buckets of M (file order within)."""
     by_bucket: dict[str, list[LabeledExample]] = defaultdict(list)
     for ex in examples:

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import anyio
-
 from _common import bucket_table, machine, stratified, write_json
+
 from attribsdk import Explainer
 from attribsdk.eval.datasets import load_hotpotqa
 from attribsdk.eval.metrics import auroc, f1_at_k, iou_at_k
@@ -30,21 +30,34 @@ async def main(args: argparse.Namespace) -> None:
         for i, item in enumerate(examples):
             answer: str | None = None
             for label in args.methods:
-                res = await ex.explain_prompt(item.prompt, answer=answer, method=METHODS[label], seed=args.seed)
+                res = await ex.explain_prompt(
+                    item.prompt, answer=answer, method=METHODS[label], seed=args.seed
+                )
                 answer = res.answer  # one closed call per example, shared by the methods
-                rows.append({
-                    "id": item.id, "method": label, "m": item.n_features, "bucket": item.bucket,
-                    "iou": iou_at_k(res.attributions, item.gold), "f1": f1_at_k(res.attributions, item.gold),
-                    "auroc": auroc(res.attributions, item.gold), "seconds": res.timings.total,
-                    "scoring_s": res.timings.scoring, "sequences": res.counts.surrogate_sequences,
-                    "tokens": res.counts.surrogate_tokens, "closed_calls": res.counts.closed_calls,
-                    "answer": res.answer,
-                })
+                rows.append(
+                    {
+                        "id": item.id,
+                        "method": label,
+                        "m": item.n_features,
+                        "bucket": item.bucket,
+                        "iou": iou_at_k(res.attributions, item.gold),
+                        "f1": f1_at_k(res.attributions, item.gold),
+                        "auroc": auroc(res.attributions, item.gold),
+                        "seconds": res.timings.total,
+                        "scoring_s": res.timings.scoring,
+                        "sequences": res.counts.surrogate_sequences,
+                        "tokens": res.counts.surrogate_tokens,
+                        "closed_calls": res.counts.closed_calls,
+                        "answer": res.answer,
+                    }
+                )
             if (i + 1) % 10 == 0:
                 print(f"  {i + 1}/{len(examples)} examples, {time.perf_counter() - t_all:.0f} s", flush=True)
     table = bucket_table(rows, args.methods, ["iou", "f1", "auroc"])
-    print(f"\nHotpotQA {args.protocol} protocol, {args.split} split, {len(examples)} examples, "
-          f"surrogate smollm2 {args.dtype}, seed {args.seed}\n")
+    print(
+        f"\nHotpotQA {args.protocol} protocol, {args.split} split, {len(examples)} examples, "
+        f"surrogate smollm2 {args.dtype}, seed {args.seed}\n"
+    )
     print(table)
     write_json(Path(args.out), {"args": vars(args), "machine": machine(), "rows": rows, "table": table})
     print(f"\nwrote {args.out}")

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-
 from _common import BUCKET_ORDER, stratified, write_json
+
 from attribsdk import Explainer, RopeLime
 from attribsdk.eval.datasets import load_hotpotqa
 from attribsdk.eval.metrics import auroc, iou_at_k
@@ -59,16 +59,24 @@ async def main(args: argparse.Namespace) -> None:
             for name, kw in grid.items():
                 res = await ex.explain_prompt(item.prompt, answer=answers.get(item.id), method=RopeLime(**kw))
                 answers[item.id] = res.answer
-                rows.append({"setting": name, "bucket": item.bucket, "m": item.n_features,
-                             "auroc": auroc(res.attributions, item.gold), "iou": iou_at_k(res.attributions, item.gold),
-                             "sequences": res.counts.surrogate_sequences, "seconds": res.timings.total})
+                rows.append(
+                    {
+                        "setting": name,
+                        "bucket": item.bucket,
+                        "m": item.n_features,
+                        "auroc": auroc(res.attributions, item.gold),
+                        "iou": iou_at_k(res.attributions, item.gold),
+                        "sequences": res.counts.surrogate_sequences,
+                        "seconds": res.timings.total,
+                    }
+                )
             print(f"  {i + 1}/{len(examples)} ({time.perf_counter() - t0:.0f} s)", flush=True)
     by: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by[(r["setting"], r["bucket"])].append(r)
         by[(r["setting"], "all")].append(r)
     print(f"\nsweep {args.sweep} on {len(examples)} tune examples: mean AUROC / IoU / sequences")
-    header = "| setting | " + " | ".join(BUCKET_ORDER + ["all"]) + " |"
+    header = "| setting | " + " | ".join([*BUCKET_ORDER, "all"]) + " |"
     print(header + "\n|" + "---|" * (len(BUCKET_ORDER) + 2))
     for name in grid:
         cells = []

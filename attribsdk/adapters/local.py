@@ -21,7 +21,8 @@ __all__ = ["LocalClosedModel", "TextGenerator"]
 
 
 class TextGenerator(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def generate(self, messages: list[Message], params: GenerationParams) -> Completion: ...
 

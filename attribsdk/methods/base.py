@@ -27,7 +27,7 @@ class MethodParts:
 
     scorer: Scorer | None = None
     closed: ClosedModel | None = None
-    params: GenerationParams = GenerationParams()
+    params: GenerationParams = field(default_factory=GenerationParams)
     seed: int = 0
 
 

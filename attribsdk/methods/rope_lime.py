@@ -63,16 +63,24 @@ class RopeLime:
         if capture not in ("key", "query"):
             raise ConfigError(f"capture must be 'key' or 'query', got {capture!r}")
         self.cfg = RopeLimeConfig(
-            sampler=make_sampler(sampler), kernel=make_kernel(kernel), solver=make_solver(solver),
-            target=target, layer=layer, capture=capture,
+            sampler=make_sampler(sampler),
+            kernel=make_kernel(kernel),
+            solver=make_solver(solver),
+            target=target,
+            layer=layer,
+            capture=capture,
         )
 
     @classmethod
     def from_config(cls, config: RopeLimeConfig | dict[str, Any]) -> RopeLime:
         cfg = config if isinstance(config, RopeLimeConfig) else RopeLimeConfig.model_validate(config)
         return cls(
-            sampler=cfg.sampler, kernel=cfg.kernel, solver=cfg.solver, target=cfg.target,
-            layer=cfg.layer, capture=cfg.capture,
+            sampler=cfg.sampler,
+            kernel=cfg.kernel,
+            solver=cfg.solver,
+            target=cfg.target,
+            layer=cfg.layer,
+            capture=cfg.capture,
         )
 
     def config(self) -> dict[str, Any]:

@@ -39,7 +39,10 @@ async def test_second_run_makes_no_upstream_call(
     results = []
     for _ in range(2):
         async with Explainer(
-            closed=f"{provider}:my-model", surrogate=tiny, cache=tmp_path / "cache", pricing=pricing,
+            closed=f"{provider}:my-model",
+            surrogate=tiny,
+            cache=tmp_path / "cache",
+            pricing=pricing,
             closed_options={"base_url": base},
         ) as ex:
             results.append(await ex.explain("What is the capital of France?", CONTEXT))

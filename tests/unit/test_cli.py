@@ -13,8 +13,14 @@ runner = CliRunner()
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["explain", "Q?", "-c", "Some text.", "--features", "letters"], "FeatureError: unknown feature granularity"),
-        (["explain", "Q?", "-c", "Some text.", "--closed", "nope:model"], "ConfigError: unknown model provider 'nope'"),
+        (
+            ["explain", "Q?", "-c", "Some text.", "--features", "letters"],
+            "FeatureError: unknown feature granularity",
+        ),
+        (
+            ["explain", "Q?", "-c", "Some text.", "--closed", "nope:model"],
+            "ConfigError: unknown model provider 'nope'",
+        ),
         (["explain", "Q?", "-c", "Some text.", "--method", "magic"], "ConfigError: unknown method 'magic'"),
         (["explain", "Q?", "-f", "/nonexistent/file.txt"], "cannot read /nonexistent/file.txt"),
         (["explain", "   "], "InputError: the question/prompt must be a non-empty string"),

@@ -41,7 +41,10 @@ async def test_explain_runs_every_stage_and_reports_counts(tiny: Any) -> None:
     async with Explainer(closed=closed, surrogate=tiny, cache=False) as ex:
         res = await ex.explain(QUESTION, CONTEXT, features="sentences")
     assert len(closed.calls) == 1  # exactly one closed call
-    assert [f.text for f in res.features][:2] == ["The capital of France is Paris.", "Paris is a large city on the Seine."]
+    assert [f.text for f in res.features][:2] == [
+        "The capital of France is Paris.",
+        "Paris is a large city on the Seine.",
+    ]
     m = len(res.features)
     assert len(res.attributions) == m == len(res.coefficients) == 4
     assert abs(sum(res.attributions) - 1) < 1e-9 and min(res.attributions) >= 0
@@ -80,7 +83,9 @@ async def test_local_closed_model_and_disk_cache(tiny: Any, tmp_path: Path) -> N
     stops before max_tokens, so truncated answers are allowed into the cache here.)"""
     for run in range(2):
         async with Explainer(
-            closed=LocalClosedModel(tiny), surrogate=tiny, cache=tmp_path / "c",
+            closed=LocalClosedModel(tiny),
+            surrogate=tiny,
+            cache=tmp_path / "c",
             closed_options={"allow_truncated": True},
         ) as ex:
             res = await ex.explain(QUESTION, CONTEXT)

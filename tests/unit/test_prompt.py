@@ -88,7 +88,12 @@ def test_explicit_spans_and_parts() -> None:
     text = "alpha beta gamma"
     prompt = build_prompt("Q", text, features=[(0, 5), (11, 16)])
     assert [f.text for f in prompt.features] == ["alpha", "gamma"]
-    doc = Document(parts=(Part(text="Title: ", feature=False), Part(text="Body."),))
+    doc = Document(
+        parts=(
+            Part(text="Title: ", feature=False),
+            Part(text="Body."),
+        )
+    )
     p = Prompt(template="{context}", documents=(doc,))
     assert p.features[0].start == 7
     assert p.render([False]).messages[-1].content == "Title: "  # fixed text stays
@@ -138,5 +143,5 @@ def test_hotpotqa_paper_protocol_fixture() -> None:
     assert [texts[i] for i in ex.gold] == [
         "2014 S/S is the debut album of South Korean group WINNER.",
         "Winner (band): Winner (Hangul: 위너), often stylized as WINNER, is a South Korean boy group formed "
-        "in 2013 by YG Entertainment and debuted in 2014."[len("Winner (band): "):],
+        "in 2013 by YG Entertainment and debuted in 2014."[len("Winner (band): ") :],
     ]
