@@ -131,6 +131,9 @@ def _mount_optional() -> None:
     except ImportError:  # pragma: no cover - cache CLI is part of the package
         return
     app.add_typer(cache_app, name="cache")
+    from .eval.cli import app as bench_app
+
+    app.add_typer(bench_app, name="bench")
 
 
 _mount_optional()

@@ -25,12 +25,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeAlias, overload, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, TypeAlias, overload, runtime_checkable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from .errors import ConfigError, InputError
+from ._strategy import StrategyModel, build_strategy
+from .errors import InputError
 from .scoring.base import RotaryPairing
 
 __all__ = [
@@ -208,26 +209,7 @@ class Kernel(Protocol):
         ...
 
 
-def _describe(owner: str, exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        cause = err.get("ctx", {}).get("error")
-        msg = str(cause) if isinstance(cause, Exception) else err["msg"]
-        parts.append(f"{owner}.{loc}: {msg}" if loc else f"{owner}: {msg}")
-    return "invalid " + "; ".join(parts)
-
-
-class _KernelBase(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    if not TYPE_CHECKING:  # keep the field-derived signature for type checkers
-
-        def __init__(self, **data: Any) -> None:
-            try:
-                super().__init__(**data)
-            except ValidationError as exc:
-                raise ConfigError(_describe(type(self).__name__, exc)) from exc
+_KernelBase = StrategyModel
 
 
 def _check_masks(masks: np.ndarray) -> np.ndarray:
@@ -392,21 +374,5 @@ def make_kernel(spec: str | Mapping[str, Any] | Kernel) -> Kernel:
 
     Raises :class:`~attribsdk.errors.ConfigError` for unknown names and invalid settings.
     """
-    known = ", ".join(sorted(_KERNELS))
-    if isinstance(spec, str):
-        cls = _KERNELS.get(spec.strip().lower().replace("-", "_"))
-        if cls is None:
-            raise ConfigError(f"unknown kernel {spec!r}; known kernels: {known}")
-        return cls()
-    if isinstance(spec, Mapping):
-        kind = spec.get("kind")
-        if not isinstance(kind, str) or kind not in _KERNELS:
-            raise ConfigError(f"kernel config needs a 'kind' among {known}, got {kind!r}")
-        if not all(isinstance(key, str) for key in spec):
-            raise ConfigError("kernel config keys must be strings")
-        return _KERNELS[kind](**spec)  # invalid settings raise ConfigError
-    if isinstance(spec, Kernel):
-        return spec
-    raise ConfigError(
-        f"kernel must be a name ({known}), a dict with a 'kind', or a Kernel; got {type(spec).__name__}"
-    )
+    result: Kernel = build_strategy(spec, _KERNELS, Kernel, "kernel")
+    return result

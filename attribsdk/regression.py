@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeAlias, overload, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, TypeAlias, overload, runtime_checkable
 
 import numpy as np
 import scipy.linalg
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from .errors import ConfigError, InputError
+from ._strategy import StrategyModel, build_strategy
+from .errors import InputError
 
 __all__ = ["WLS", "LinearFit", "Solver", "SolverConfig", "make_solver", "normalize_attributions"]
 
@@ -53,26 +54,7 @@ class Solver(Protocol):
         ...
 
 
-def _describe(owner: str, exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        cause = err.get("ctx", {}).get("error")
-        msg = str(cause) if isinstance(cause, Exception) else err["msg"]
-        parts.append(f"{owner}.{loc}: {msg}" if loc else f"{owner}: {msg}")
-    return "invalid " + "; ".join(parts)
-
-
-class _SolverBase(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    if not TYPE_CHECKING:  # keep the field-derived signature for type checkers
-
-        def __init__(self, **data: Any) -> None:
-            try:
-                super().__init__(**data)
-            except ValidationError as exc:
-                raise ConfigError(_describe(type(self).__name__, exc)) from exc
+_SolverBase = StrategyModel
 
 
 def _check_inputs(Z: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -184,21 +166,5 @@ def make_solver(spec: str | Mapping[str, Any] | Solver) -> Solver:
 
     Raises :class:`~attribsdk.errors.ConfigError` for unknown names and invalid settings.
     """
-    known = ", ".join(sorted(_SOLVERS))
-    if isinstance(spec, str):
-        cls = _SOLVERS.get(spec.strip().lower().replace("-", "_"))
-        if cls is None:
-            raise ConfigError(f"unknown solver {spec!r}; known solvers: {known}")
-        return cls()
-    if isinstance(spec, Mapping):
-        kind = spec.get("kind")
-        if not isinstance(kind, str) or kind not in _SOLVERS:
-            raise ConfigError(f"solver config needs a 'kind' among {known}, got {kind!r}")
-        if not all(isinstance(key, str) for key in spec):
-            raise ConfigError("solver config keys must be strings")
-        return _SOLVERS[kind](**spec)  # invalid settings raise ConfigError
-    if isinstance(spec, Solver):
-        return spec
-    raise ConfigError(
-        f"solver must be a name ({known}), a dict with a 'kind', or a Solver; got {type(spec).__name__}"
-    )
+    result: Solver = build_strategy(spec, _SOLVERS, Solver, "solver")
+    return result

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeAlias, overload, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, TypeAlias, overload, runtime_checkable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
+from ._strategy import StrategyModel, build_strategy
 from .errors import ConfigError, InputError
 
 __all__ = [
@@ -88,26 +89,7 @@ class Sampler(Protocol):
 # -- shared config plumbing -------------------------------------------------------------------------
 
 
-def _describe(owner: str, exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        cause = err.get("ctx", {}).get("error")
-        msg = str(cause) if isinstance(cause, Exception) else err["msg"]
-        parts.append(f"{owner}.{loc}: {msg}" if loc else f"{owner}: {msg}")
-    return "invalid " + "; ".join(parts)
-
-
-class _SamplerBase(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    if not TYPE_CHECKING:  # keep the field-derived signature for type checkers
-
-        def __init__(self, **data: Any) -> None:
-            try:
-                super().__init__(**data)
-            except ValidationError as exc:
-                raise ConfigError(_describe(type(self).__name__, exc)) from exc
+_SamplerBase = StrategyModel
 
 
 def _check_n_features(n_features: int) -> int:
@@ -403,21 +385,5 @@ def make_sampler(spec: str | Mapping[str, Any] | Sampler) -> Sampler:
 
     Raises :class:`~attribsdk.errors.ConfigError` for unknown names and invalid settings.
     """
-    known = ", ".join(sorted(_SAMPLERS))
-    if isinstance(spec, str):
-        cls = _SAMPLERS.get(spec.strip().lower().replace("-", "_"))
-        if cls is None:
-            raise ConfigError(f"unknown sampler {spec!r}; known samplers: {known}")
-        return cls()
-    if isinstance(spec, Mapping):
-        kind = spec.get("kind")
-        if not isinstance(kind, str) or kind not in _SAMPLERS:
-            raise ConfigError(f"sampler config needs a 'kind' among {known}, got {kind!r}")
-        if not all(isinstance(key, str) for key in spec):
-            raise ConfigError("sampler config keys must be strings")
-        return _SAMPLERS[kind](**spec)  # invalid settings raise ConfigError
-    if isinstance(spec, Sampler):
-        return spec
-    raise ConfigError(
-        f"sampler must be a name ({known}), a dict with a 'kind', or a Sampler; got {type(spec).__name__}"
-    )
+    result: Sampler = build_strategy(spec, _SAMPLERS, Sampler, "sampler")
+    return result

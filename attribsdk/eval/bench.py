@@ -4,7 +4,8 @@ For every selected example the closed model is called **once** (its answer is sh
 method, configuration, seed and surrogate, and stored in ``answers.jsonl``); then every pending
 ``(method configuration, seed, surrogate)`` explains that fixed answer, and the row — attributions,
 plausibility metrics against the gold labels, optional faithfulness metrics re-scored by the
-surrogate, timings and counts — is appended to ``rows.jsonl``. A row is keyed by
+surrogate, timings and counts — is appended to ``rows.jsonl``. (A faithfulness metric that fails
+keeps its row: the message is stored in ``faithfulness_error``.) A row is keyed by
 ``(example id, method config hash, seed, surrogate)``; an interrupted run restarted with
 ``resume=True`` skips every finished key and recomputes nothing. Failures go to ``errors.jsonl``
 and are retried on the next resume. The report (markdown, JSON, plots; :mod:`.report`) is rendered
@@ -43,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .. import __version__
 from ..adapters.base import ClosedModel, GenerationParams, Message
-from ..errors import AttribError, ConfigError, InputError, ScoringError
+from ..errors import AttribError, ConfigError, InputError
 from ..methods import Method, make_method
 from ..sampling import CRule, KRule
 from .datasets import BUCKETS, LabeledExample, load_dataset, split_of
@@ -135,9 +136,13 @@ def sparse_k_sweep(
     """The paper's Sparse-K grid: one :class:`MethodSpec` per ``(k, c)``, labelled
     ``"rope-lime:k=2sqrt,c=M"`` (18 by default)."""
     return [
-        MethodSpec(label=f"{method}:k={k},c={c}", method=method,
-                   options={"sampler": {"kind": "sparse_k", "k": k, "c": c}})
-        for k in ks for c in cs
+        MethodSpec(
+            label=f"{method}:k={k},c={c}",
+            method=method,
+            options={"sampler": {"kind": "sparse_k", "k": k, "c": c}},
+        )
+        for k in ks
+        for c in cs
     ]
 
 
@@ -459,7 +464,9 @@ async def arun_benchmark(
 
     units = [
         _Unit(surrogate=s, spec=spec, method=spec.build(), method_hash=spec.config_hash(), seed=seed)
-        for s in surrogate_specs for spec in config.methods for seed in config.seeds
+        for s in surrogate_specs
+        for spec in config.methods
+        for seed in config.seeds
     ]
     existing = _read_jsonl(rows_path)
     done = {str(r.get("key")) for r in existing}
@@ -471,11 +478,28 @@ async def arun_benchmark(
     skipped = len(selected) * len(units) - n_pending
 
     record = config.model_dump(mode="json")
-    (out / CONFIG_FILE).write_text(json.dumps(
-        {**record, "surrogate_names": list(surrogate_specs), "closed_name": closed_name,
-         "attribsdk": __version__}, indent=1))
-    _append(out / RUNS_FILE, {"started_at": _now(), "attribsdk": __version__, "examples": len(selected),
-                              "units": len(selected) * len(units), "already_done": skipped, "config": record})
+    (out / CONFIG_FILE).write_text(
+        json.dumps(
+            {
+                **record,
+                "surrogate_names": list(surrogate_specs),
+                "closed_name": closed_name,
+                "attribsdk": __version__,
+            },
+            indent=1,
+        )
+    )
+    _append(
+        out / RUNS_FILE,
+        {
+            "started_at": _now(),
+            "attribsdk": __version__,
+            "examples": len(selected),
+            "units": len(selected) * len(units),
+            "already_done": skipped,
+            "config": record,
+        },
+    )
 
     answers = {(str(a["id"]), str(a["closed"])): str(a["answer"]) for a in _read_jsonl(out / ANSWERS_FILE)}
     new_rows: list[dict[str, Any]] = []
@@ -491,10 +515,16 @@ async def arun_benchmark(
             explainers: dict[str, Explainer] = {}
             params = GenerationParams(max_tokens=config.max_answer_tokens, temperature=0.0)
             for name, spec in surrogate_specs.items():
-                explainers[name] = await stack.enter_async_context(Explainer(
-                    closed=closed_spec, surrogate=spec, device=config.device, dtype=config.dtype,
-                    store=store, params=params,
-                ))
+                explainers[name] = await stack.enter_async_context(
+                    Explainer(
+                        closed=closed_spec,
+                        surrogate=spec,
+                        device=config.device,
+                        dtype=config.dtype,
+                        store=store,
+                        params=params,
+                    )
+                )
             answerer = next(iter(explainers.values()))
             limiter = anyio.CapacityLimiter(config.concurrency)
 
@@ -502,8 +532,12 @@ async def arun_benchmark(
                 err: dict[str, Any] = dict.fromkeys(("key", "method", "seed", "surrogate"))
                 err["id"] = ex.id
                 if unit is not None:
-                    err.update(key=row_key(ex.id, unit.method_hash, unit.seed, unit.surrogate),
-                               method=unit.spec.label, seed=unit.seed, surrogate=unit.surrogate)
+                    err.update(
+                        key=row_key(ex.id, unit.method_hash, unit.seed, unit.surrogate),
+                        method=unit.spec.label,
+                        seed=unit.seed,
+                        surrogate=unit.surrogate,
+                    )
                 err.update(error=type(exc).__name__, message=getattr(exc, "message", str(exc)), at=_now())
                 errors.append(err)
                 _append(out / ERRORS_FILE, err)
@@ -539,8 +573,9 @@ async def arun_benchmark(
         bar(0, close=True)
         await anyio.to_thread.run_sync(store.close)
 
-    result = BenchResult(out_dir=out, rows=existing + new_rows, errors=errors, computed=len(new_rows),
-                         skipped=skipped)
+    result = BenchResult(
+        out_dir=out, rows=existing + new_rows, errors=errors, computed=len(new_rows), skipped=skipped
+    )
     if report:
         from .report import write_report
 
@@ -555,8 +590,12 @@ def run_benchmark(config: BenchConfig, out_dir: str | os.PathLike[str], **kwargs
 
 
 async def _answer(
-    ex: LabeledExample, config: BenchConfig, explainer: Explainer, closed_name: str,
-    answers: dict[tuple[str, str], str], out: Path,
+    ex: LabeledExample,
+    config: BenchConfig,
+    explainer: Explainer,
+    closed_name: str,
+    answers: dict[tuple[str, str], str],
+    out: Path,
 ) -> str:
     """The example's answer: stored, the reference answer, or one closed call (then stored)."""
     if config.answer_source == "reference":
@@ -573,21 +612,36 @@ async def _answer(
     if not text.strip():
         raise InputError(f"the closed model returned an empty answer for example {ex.id!r}")
     answers[key] = text
-    _append(out / ANSWERS_FILE, {
-        "id": ex.id, "closed": closed_name, "answer": text, "model": completion.model,
-        "finish_reason": completion.finish_reason, "input_tokens": completion.usage.input_tokens,
-        "output_tokens": completion.usage.output_tokens, "cached": completion.cached, "at": _now(),
-    })
+    _append(
+        out / ANSWERS_FILE,
+        {
+            "id": ex.id,
+            "closed": closed_name,
+            "answer": text,
+            "model": completion.model,
+            "finish_reason": completion.finish_reason,
+            "input_tokens": completion.usage.input_tokens,
+            "output_tokens": completion.usage.output_tokens,
+            "cached": completion.cached,
+            "at": _now(),
+        },
+    )
     return text
 
 
 async def _explain_row(
-    ex: LabeledExample, unit: _Unit, answer: str, explainer: Explainer, config: BenchConfig, closed_name: str,
+    ex: LabeledExample,
+    unit: _Unit,
+    answer: str,
+    explainer: Explainer,
+    config: BenchConfig,
+    closed_name: str,
 ) -> dict[str, Any]:
     res = await explainer.explain_prompt(ex.prompt, answer=answer, method=unit.method, seed=unit.seed)
     plaus = res.attributions if config.plausibility_scores == "attributions" else res.coefficients
     metrics: dict[str, float] = plausibility(plaus, ex.gold)
     faith_seconds = 0.0
+    faith_error: str | None = None
     if config.faithfulness is not None:
         scorer = await explainer.scorer()
         scores = res.coefficients if config.faithfulness_scores == "coefficients" else res.attributions
@@ -597,23 +651,38 @@ async def _explain_row(
             faith = await anyio.to_thread.run_sync(
                 lambda: evaluate_faithfulness(scorer, ex.prompt, answer, scores, fcfg, seed=seed)
             )
-        except AttribError:
-            raise
-        except Exception as exc:  # a failing metric is recorded as this unit's error
-            raise ScoringError(f"faithfulness metrics failed: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # keep the explanation and its plausibility metrics; note why
+            faith_error = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+        else:
+            metrics.update(faith)
         faith_seconds = time.perf_counter() - t0
-        metrics.update(faith)
     return {
         "key": row_key(ex.id, unit.method_hash, unit.seed, unit.surrogate),
-        "id": ex.id, "dataset": ex.dataset, "split": split_of(ex.id), "bucket": ex.bucket,
-        "m": ex.n_features, "gold": list(ex.gold),
-        "method": unit.spec.label, "method_name": res.method, "method_hash": unit.method_hash,
-        "method_config": res.config, "seed": unit.seed, "surrogate": unit.surrogate,
-        "closed": closed_name if config.answer_source == "closed" else "reference", "answer": answer,
-        "metrics": metrics, "attributions": res.attributions, "coefficients": res.coefficients,
-        "r2": res.r2, "seconds": res.timings.total, "scoring_seconds": res.timings.scoring,
-        "faithfulness_seconds": faith_seconds, "sequences": res.counts.surrogate_sequences,
-        "tokens": res.counts.surrogate_tokens, "created_at": _now(),
+        "id": ex.id,
+        "dataset": ex.dataset,
+        "split": split_of(ex.id),
+        "bucket": ex.bucket,
+        "m": ex.n_features,
+        "gold": list(ex.gold),
+        "method": unit.spec.label,
+        "method_name": res.method,
+        "method_hash": unit.method_hash,
+        "method_config": res.config,
+        "seed": unit.seed,
+        "surrogate": unit.surrogate,
+        "closed": closed_name if config.answer_source == "closed" else "reference",
+        "answer": answer,
+        "metrics": metrics,
+        "attributions": res.attributions,
+        "coefficients": res.coefficients,
+        "r2": res.r2,
+        "seconds": res.timings.total,
+        "scoring_seconds": res.timings.scoring,
+        "faithfulness_seconds": faith_seconds,
+        "faithfulness_error": faith_error,
+        "sequences": res.counts.surrogate_sequences,
+        "tokens": res.counts.surrogate_tokens,
+        "created_at": _now(),
     }
 
 
@@ -624,8 +693,14 @@ def _progress_bar(total: int, enabled: bool) -> Callable[..., None]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
-    prog = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+    prog = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
     task = prog.add_task("benchmark", total=total)
     prog.start()
 

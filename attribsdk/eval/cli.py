@@ -131,15 +131,27 @@ def run(
         faith = None
         if faithfulness:
             names = list(FAITHFULNESS_METRICS) if "all" in faithfulness else list(dict.fromkeys(faithfulness))
-            faith = FaithfulnessConfig(metrics=tuple(names), soft_draws=soft_draws, pi_draws=pi_draws,
-                                       lds_masks=lds_masks)
+            faith = FaithfulnessConfig(
+                metrics=tuple(names), soft_draws=soft_draws, pi_draws=pi_draws, lds_masks=lds_masks
+            )
         fields: dict[str, Any] = {
-            "dataset": dataset, "data_path": str(data) if data is not None else None,
-            "dataset_options": options, "split": split, "n_per_bucket": n_per_bucket, "max_examples": n,
-            "buckets": tuple(bucket) if bucket else None, "methods": tuple(parse_method_specs(specs)),
-            "seeds": tuple(seed or (0,)), "surrogates": tuple(surrogate or ("smollm2",)), "closed": closed,
-            "answer_source": answers, "plausibility_scores": plausibility_on, "faithfulness": faith,
-            "concurrency": concurrency, "device": device, "dtype": dtype,
+            "dataset": dataset,
+            "data_path": str(data) if data is not None else None,
+            "dataset_options": options,
+            "split": split,
+            "n_per_bucket": n_per_bucket,
+            "max_examples": n,
+            "buckets": tuple(bucket) if bucket else None,
+            "methods": tuple(parse_method_specs(specs)),
+            "seeds": tuple(seed or (0,)),
+            "surrogates": tuple(surrogate or ("smollm2",)),
+            "closed": closed,
+            "answer_source": answers,
+            "plausibility_scores": plausibility_on,
+            "faithfulness": faith,
+            "concurrency": concurrency,
+            "device": device,
+            "dtype": dtype,
         }
         config = BenchConfig(**fields)
         result = run_benchmark(config, out, resume=resume, progress=progress, reference=reference)

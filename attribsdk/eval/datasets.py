@@ -49,7 +49,11 @@ __all__ = [
 
 #: The RoPE-LIME paper's buckets of M (number of features).
 BUCKETS: tuple[tuple[str, int, int], ...] = (
-    ("2-3", 2, 3), ("4-5", 4, 5), ("6-8", 6, 8), ("9-11", 9, 11), ("12+", 12, 10**9),
+    ("2-3", 2, 3),
+    ("4-5", 4, 5),
+    ("6-8", 6, 8),
+    ("9-11", 9, 11),
+    ("12+", 12, 10**9),
 )
 
 
@@ -160,7 +164,10 @@ def load_hotpotqa(
             docs.append(Document(parts=tuple(parts), slot="context"))
         prompt = Prompt(template=template, documents=tuple(docs), fixed={"question": row["question"]})
         yield LabeledExample(
-            id=ex_id, prompt=prompt, gold=tuple(gold), reference_answer=row.get("answer"),
+            id=ex_id,
+            prompt=prompt,
+            gold=tuple(gold),
+            reference_answer=row.get("answer"),
             dataset=f"hotpotqa-{protocol}",
             meta={"type": row.get("type"), "level": row.get("level"), "question": row["question"]},
         )
@@ -214,7 +221,11 @@ def load_mmlu_words(
             else None
         )
         yield LabeledExample(
-            id=ex_id, prompt=prompt, gold=gold, reference_answer=reference, dataset="mmlu-words",
+            id=ex_id,
+            prompt=prompt,
+            gold=gold,
+            reference_answer=reference,
+            dataset="mmlu-words",
             meta={"question": question, "gold_words": [words[i] for i in gold]},
         )
 
@@ -223,8 +234,7 @@ def load_mmlu_words(
 
 #: User-message template of the ERASER movie-review prompts (the review fills ``{review}``).
 ERASER_TEMPLATE = (
-    "Review:\n{review}\n\n"
-    "Is the sentiment of this review positive or negative? Answer with one word."
+    "Review:\n{review}\n\nIs the sentiment of this review positive or negative? Answer with one word."
 )
 #: Default cap on the review length, in ERASER tokens (see :func:`load_eraser_movies`).
 ERASER_MAX_TOKENS = 200
@@ -295,13 +305,22 @@ def load_eraser_movies(
         label = str(row.get("label", "")).upper()
         reference = {"POS": "positive", "NEG": "negative"}.get(label)
         yield LabeledExample(
-            id=ex_id, prompt=prompt, gold=gold, reference_answer=reference, dataset="eraser-movies",
-            meta={"label": label, "n_tokens": n_total, "truncated": len(tokens) < n_total,
-                  "granularity": granularity},
+            id=ex_id,
+            prompt=prompt,
+            gold=gold,
+            reference_answer=reference,
+            dataset="eraser-movies",
+            meta={
+                "label": label,
+                "n_tokens": n_total,
+                "truncated": len(tokens) < n_total,
+                "granularity": granularity,
+            },
         )
 
 
 # -- the user's own JSONL ------------------------------------------------------------------------
+
 
 def load_jsonl(
     path: str | os.PathLike[str],
@@ -344,17 +363,25 @@ def load_jsonl(
             features = _spans_json(features, where)
         try:
             prompt = build_prompt(
-                _field(row, "question", where), row.get("context"), features=features,
-                system=row.get("system"), template=row.get("template"),
-                explain_question=bool(row.get("explain_question", False)), language=language,
+                _field(row, "question", where),
+                row.get("context"),
+                features=features,
+                system=row.get("system"),
+                template=row.get("template"),
+                explain_question=bool(row.get("explain_question", False)),
+                language=language,
             )
         except InputError as exc:
             raise type(exc)(f"{where}: {exc.message}") from exc
         gold = _gold(_field(row, "gold", where), prompt.n_features, where)
         answer = row.get("answer")
         yield LabeledExample(
-            id=ex_id, prompt=prompt, gold=gold, reference_answer=answer if isinstance(answer, str) else None,
-            dataset=name, meta={"question": row["question"]},
+            id=ex_id,
+            prompt=prompt,
+            gold=gold,
+            reference_answer=answer if isinstance(answer, str) else None,
+            dataset=name,
+            meta={"question": row["question"]},
         )
 
 
@@ -390,6 +417,7 @@ def load_dataset(
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
 
 def _field(row: dict[str, Any], key: str, where: str) -> Any:
     if not isinstance(row, dict) or key not in row:

@@ -21,8 +21,8 @@ by lower index). The answer measure is taken after deleting ``k`` features, for 
 (default) or for ``k = floor(f·M)`` at fractions ``f`` (GiLOT uses f = 0, 0.1, …, 1). The curves are
 plotted against the deleted fraction x = k/M (or f). ``AUC`` is the trapezoidal area over x ∈ [0, 1];
 ``ABPC = AUC(LeRF) − AUC(MoRF)`` (higher is better: deleting the top features hurts the answer more
-than deleting the bottom ones). GiLOT averages ``LeRF − MoRF`` over its 11 steps instead; because
-both curves coincide at x = 0 and x = 1 the two differ only by the constant factor 11/10.
+than deleting the bottom ones). Averaging ``LeRF − MoRF`` over GiLOT's 11 steps instead gives this
+number divided by 1.1 exactly (both curves coincide at x = 0 and x = 1).
 
 **Soft-NC / Soft-NS** (Zhao & Aletras, "Incorporating Attribution Importance for Improving
 Faithfulness Metrics", ACL 2023). Importance ``a`` = min-max normalised ``s`` (all 0.5 when ``s`` is
@@ -60,9 +60,13 @@ example are compared on the same noise.
 Deviations from the cited papers: perturbation is deletion of whole features from the text, not
 zeroing of embedding dimensions (Zhao & Aletras) or token ids (GiLOT); the answer measure is the
 surrogate's probability of the fixed answer, not a sentence similarity of regenerated text (GiLOT)
-or a class probability; the exact α transform of Grad-ELLM could not be read (only the abstract was
+or a class probability; the soft metrics use the per-token geometric-mean probability of the whole
+fixed answer (or the KL of its token distributions) where the papers use one predicted class;
+ContextCite's LDS regresses the logit-scaled response probability, here the summed log-probability
+(``lds_measure``); the exact α transform of Grad-ELLM could not be read (only the abstract was
 available), so the power transform above is this module's reading of "controlling the expected
-retaining probability".
+retaining probability". With min-max importances (one feature at 0, one at 1) π is reachable only
+within (1/M, 1 − 1/M): for M ≤ 3 part of the π grid is clamped (see ``pi_max_gap``).
 """
 
 from __future__ import annotations
@@ -203,8 +207,13 @@ def score_masks(scorer: Scorer, prompt: Prompt, answer: str, masks: np.ndarray) 
             f"got {lp.shape} and {kl.shape}"
         )
     return MaskScores(
-        masks=stack, logprob=lp.sum(axis=1), mean_logprob=lp.mean(axis=1), kl=kl,
-        n_answer_tokens=int(lp.shape[1]), n_sequences=int(result.n_sequences or len(stack)), index=index,
+        masks=stack,
+        logprob=lp.sum(axis=1),
+        mean_logprob=lp.mean(axis=1),
+        kl=kl,
+        n_answer_tokens=int(lp.shape[1]),
+        n_sequences=int(result.n_sequences or len(stack)),
+        index=index,
     )
 
 
@@ -265,8 +274,9 @@ def curve_auc(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) 
     return float(np.sum(np.diff(xa) * (ya[1:] + ya[:-1]) / 2.0))
 
 
-def abpc(x: Sequence[float] | np.ndarray, morf: Sequence[float] | np.ndarray,
-         lerf: Sequence[float] | np.ndarray) -> float:
+def abpc(
+    x: Sequence[float] | np.ndarray, morf: Sequence[float] | np.ndarray, lerf: Sequence[float] | np.ndarray
+) -> float:
     """Area between the LeRF and MoRF curves: ``AUC(lerf) − AUC(morf)``."""
     return curve_auc(x, lerf) - curve_auc(x, morf)
 
@@ -302,8 +312,9 @@ class AlphaSolution:
     probs: np.ndarray
 
 
-def solve_alpha(base: Sequence[float] | np.ndarray, target: float, *, tol: float = 1e-12,
-                max_iter: int = 200) -> AlphaSolution:
+def solve_alpha(
+    base: Sequence[float] | np.ndarray, target: float, *, tol: float = 1e-12, max_iter: int = 200
+) -> AlphaSolution:
     """Find α > 0 with ``mean(base ** alpha) = target`` by bisection on ``log α``.
 
     ``base`` holds keep-probabilities in [0, 1]. ``mean(base**α)`` is non-increasing in α, with
@@ -340,8 +351,9 @@ def solve_alpha(base: Sequence[float] | np.ndarray, target: float, *, tol: float
     return AlphaSolution(alpha, float(probs.mean()), True, probs)
 
 
-def lds_from_scores(masks: np.ndarray, scores: Sequence[float] | np.ndarray,
-                    actual: Sequence[float] | np.ndarray) -> float:
+def lds_from_scores(
+    masks: np.ndarray, scores: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray
+) -> float:
     """Spearman correlation between ``masks @ scores`` (predicted effect of the kept features) and
     ``actual``; ``nan`` when either side is constant."""
     mk = np.asarray(masks, dtype=np.float64)
@@ -407,7 +419,9 @@ class _DeletionPlan:
 
     def finish(self, ms: MaskScores) -> DeletionCurves:
         return DeletionCurves(
-            x=tuple(self.x), counts=tuple(self.counts), measure=self.measure,
+            x=tuple(self.x),
+            counts=tuple(self.counts),
+            measure=self.measure,
             morf=tuple(float(v) for v in ms.measure(self.morf_masks, self.measure)),
             lerf=tuple(float(v) for v in ms.measure(self.lerf_masks, self.measure)),
         )
@@ -446,8 +460,9 @@ class _SoftPlan:
 
     def finish(self, ms: MaskScores) -> SoftScores:
         d0 = float(ms.divergence(self.empty, self.measure)[0])
-        nc, ns = _soft_values(ms.divergence(self.nc_masks, self.measure),
-                              ms.divergence(self.ns_masks, self.measure), d0)
+        nc, ns = _soft_values(
+            ms.divergence(self.nc_masks, self.measure), ms.divergence(self.ns_masks, self.measure), d0
+        )
         return SoftScores(
             soft_nc=nc, soft_ns=ns, d_empty=d0, n_draws=len(self.uniforms), measure=self.measure
         )
@@ -519,10 +534,16 @@ class _PiSoftPlan:
             nc_vals.append(nc)
             ns_vals.append(ns)
         return PiSoftScores(
-            pis=tuple(float(p) for p in self.pis), nc=tuple(nc_vals), ns=tuple(ns_vals),
-            alpha_nc=tuple(s.alpha for s in self.nc), alpha_ns=tuple(s.alpha for s in self.ns),
-            achieved_nc=tuple(s.achieved for s in self.nc), achieved_ns=tuple(s.achieved for s in self.ns),
-            d_empty=d0, n_draws=len(self.uniforms), measure=self.measure,
+            pis=tuple(float(p) for p in self.pis),
+            nc=tuple(nc_vals),
+            ns=tuple(ns_vals),
+            alpha_nc=tuple(s.alpha for s in self.nc),
+            alpha_ns=tuple(s.alpha for s in self.ns),
+            achieved_nc=tuple(s.achieved for s in self.nc),
+            achieved_ns=tuple(s.achieved for s in self.ns),
+            d_empty=d0,
+            n_draws=len(self.uniforms),
+            measure=self.measure,
         )
 
 
@@ -568,8 +589,12 @@ class _LDSPlan:
 
     def finish(self, ms: MaskScores) -> LDSResult:
         actual = ms.measure(self.masks, self.measure)
-        return LDSResult(lds=lds_from_scores(self.masks, self.scores, actual), n_masks=len(self.masks),
-                         keep_prob=self.keep_prob, measure=self.measure)
+        return LDSResult(
+            lds=lds_from_scores(self.masks, self.scores, actual),
+            n_masks=len(self.masks),
+            keep_prob=self.keep_prob,
+            measure=self.measure,
+        )
 
 
 def _run(scorer: Scorer, prompt: Prompt, answer: str, plans: Sequence[_Plan]) -> list[Any]:
@@ -591,8 +616,13 @@ def _uniforms(seed: int, n: int, m: int) -> np.ndarray:
 
 
 def deletion_curves(
-    scorer: Scorer, prompt: Prompt, answer: str, scores: Sequence[float] | np.ndarray, *,
-    measure: Measure = "prob", fractions: Sequence[float] | None = None,
+    scorer: Scorer,
+    prompt: Prompt,
+    answer: str,
+    scores: Sequence[float] | np.ndarray,
+    *,
+    measure: Measure = "prob",
+    fractions: Sequence[float] | None = None,
 ) -> DeletionCurves:
     """MoRF and LeRF deletion curves (and their ABPC) of ``scores`` for ``answer`` under ``prompt``."""
     s = _scores(scores, prompt.n_features)
@@ -601,8 +631,14 @@ def deletion_curves(
 
 
 def soft_nc_ns(
-    scorer: Scorer, prompt: Prompt, answer: str, scores: Sequence[float] | np.ndarray, *,
-    n_draws: int = 20, seed: int = 0, measure: SoftMeasure = "prob",
+    scorer: Scorer,
+    prompt: Prompt,
+    answer: str,
+    scores: Sequence[float] | np.ndarray,
+    *,
+    n_draws: int = 20,
+    seed: int = 0,
+    measure: SoftMeasure = "prob",
 ) -> SoftScores:
     """Soft-NC and Soft-NS (Zhao & Aletras, 2023) of ``scores`` with ``n_draws`` Bernoulli draws."""
     s = _scores(scores, prompt.n_features)
@@ -612,8 +648,15 @@ def soft_nc_ns(
 
 
 def pi_soft(
-    scorer: Scorer, prompt: Prompt, answer: str, scores: Sequence[float] | np.ndarray, *,
-    pis: Sequence[float] = DEFAULT_PI_GRID, n_draws: int = 10, seed: int = 0, measure: SoftMeasure = "prob",
+    scorer: Scorer,
+    prompt: Prompt,
+    answer: str,
+    scores: Sequence[float] | np.ndarray,
+    *,
+    pis: Sequence[float] = DEFAULT_PI_GRID,
+    n_draws: int = 10,
+    seed: int = 0,
+    measure: SoftMeasure = "prob",
 ) -> PiSoftScores:
     """π-Soft-NC and π-Soft-NS (Grad-ELLM's protocol) at each π of ``pis`` and their AUCs."""
     s = _scores(scores, prompt.n_features)
@@ -624,8 +667,13 @@ def pi_soft(
 
 
 def topk_logprob_drop(
-    scorer: Scorer, prompt: Prompt, answer: str, scores: Sequence[float] | np.ndarray, *,
-    ks: Sequence[int] = (1, 3, 5), measure: Measure = "logprob",
+    scorer: Scorer,
+    prompt: Prompt,
+    answer: str,
+    scores: Sequence[float] | np.ndarray,
+    *,
+    ks: Sequence[int] = (1, 3, 5),
+    measure: Measure = "logprob",
 ) -> dict[int, float]:
     """``measure(full) − measure(top-k deleted)`` for each k (ContextCite); ``nan`` for k > M."""
     s = _scores(scores, prompt.n_features)
@@ -634,8 +682,15 @@ def topk_logprob_drop(
 
 
 def lds(
-    scorer: Scorer, prompt: Prompt, answer: str, scores: Sequence[float] | np.ndarray, *,
-    n_masks: int = 32, keep_prob: float = 0.5, seed: int = 0, measure: Measure = "logprob",
+    scorer: Scorer,
+    prompt: Prompt,
+    answer: str,
+    scores: Sequence[float] | np.ndarray,
+    *,
+    n_masks: int = 32,
+    keep_prob: float = 0.5,
+    seed: int = 0,
+    measure: Measure = "logprob",
 ) -> LDSResult:
     """ContextCite's linear datamodeling score of ``scores`` over ``n_masks`` random masks."""
     s = _scores(scores, prompt.n_features)
@@ -707,8 +762,13 @@ class FaithfulnessConfig(BaseModel):
 
 
 def evaluate_faithfulness(
-    scorer: Scorer, prompt: Prompt, answer: str, scores: Sequence[float] | np.ndarray,
-    config: FaithfulnessConfig | None = None, *, seed: int = 0,
+    scorer: Scorer,
+    prompt: Prompt,
+    answer: str,
+    scores: Sequence[float] | np.ndarray,
+    config: FaithfulnessConfig | None = None,
+    *,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Every metric of ``config`` with **one** ScoringRequest; flat ``{name: value}``.
 

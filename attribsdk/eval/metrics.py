@@ -155,8 +155,14 @@ class Summary:
 
     def to_dict(self) -> dict[str, float | int]:
         return {
-            "n": self.n, "n_missing": self.n_missing, "mean": self.mean, "std": self.std,
-            "sem": self.sem, "median": self.median, "q1": self.q1, "q3": self.q3,
+            "n": self.n,
+            "n_missing": self.n_missing,
+            "mean": self.mean,
+            "std": self.std,
+            "sem": self.sem,
+            "median": self.median,
+            "q1": self.q1,
+            "q3": self.q3,
         }
 
 

@@ -86,14 +86,21 @@ class ReferenceTable:
         return ReferenceTable((*self.points, *other.points))
 
     def select(
-        self, *, dataset: str | None = None, metric: str | None = None, method: str | None = None,
+        self,
+        *,
+        dataset: str | None = None,
+        metric: str | None = None,
+        method: str | None = None,
         bucket: str | None = None,
     ) -> list[ReferencePoint]:
         """Points matching every given field."""
         return [
-            p for p in self.points
-            if (dataset is None or p.dataset == dataset) and (metric is None or p.metric == metric)
-            and (method is None or p.method == method) and (bucket is None or p.bucket == bucket)
+            p
+            for p in self.points
+            if (dataset is None or p.dataset == dataset)
+            and (metric is None or p.metric == metric)
+            and (method is None or p.method == method)
+            and (bucket is None or p.bucket == bucket)
         ]
 
     def to_json(self) -> list[dict[str, Any]]:
@@ -121,7 +128,7 @@ def load_reference(path: str | os.PathLike[str] | None = None, *, builtin: bool 
         raise InputError(f"{p}: invalid JSON ({exc.msg} at line {exc.lineno})") from exc
     items = data.get("points") if isinstance(data, dict) else data
     if not isinstance(items, list):
-        raise InputError(f"{p}: expected a list of reference points or {{\"points\": [...]}}")
+        raise InputError(f'{p}: expected a list of reference points or {{"points": [...]}}')
     for i, item in enumerate(items):
         try:
             points.append(ReferencePoint.model_validate(item))

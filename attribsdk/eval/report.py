@@ -8,6 +8,10 @@
 * ``plots/<dataset>__<surrogate>__<metric>.png`` — the metric's mean (± standard error of the
   mean) against the bucket of M, one line per method, with reference points as black markers.
 
+Rows are grouped by the paper's buckets of M (2-3, 4-5, 6-8, 9-11, 12+); a dataset whose rows all
+fall into one bucket (HotpotQA full context: M ≥ 13) is grouped into quantile bins of M instead
+(:func:`with_groups`), so "metric vs M" stays informative.
+
 Everything is recomputed from ``rows.jsonl``, so ``attribsdk bench report DIR`` can re-render a
 finished or interrupted run. Plots use matplotlib's Agg canvas directly (no pyplot state).
 """
@@ -30,7 +34,15 @@ from .datasets import BUCKETS
 from .metrics import PLAUSIBILITY_METRICS, Summary, summarize
 from .reference import ReferenceTable, load_reference
 
-__all__ = ["ReportPaths", "aggregate_rows", "load_rows", "markdown_report", "metric_names", "write_report"]
+__all__ = [
+    "ReportPaths",
+    "aggregate_rows",
+    "load_rows",
+    "markdown_report",
+    "metric_names",
+    "with_groups",
+    "write_report",
+]
 
 RESULTS_MD = "results.md"
 RESULTS_JSON = "results.json"
@@ -39,8 +51,18 @@ ALL = "all"
 
 #: Preferred column order of metrics (others follow alphabetically).
 _METRIC_ORDER = (
-    *PLAUSIBILITY_METRICS, "abpc", "auc_morf", "auc_lerf", "soft_nc", "soft_ns", "pi_soft_nc_auc",
-    "pi_soft_ns_auc", "topk_drop@1", "topk_drop@3", "topk_drop@5", "lds",
+    *PLAUSIBILITY_METRICS,
+    "abpc",
+    "auc_morf",
+    "auc_lerf",
+    "soft_nc",
+    "soft_ns",
+    "pi_soft_nc_auc",
+    "pi_soft_ns_auc",
+    "topk_drop@1",
+    "topk_drop@3",
+    "topk_drop@5",
+    "lds",
 )
 _HIDDEN = {"pi_max_gap"}  # diagnostics kept in the JSON, not tabulated or plotted
 _BUCKET_ORDER = [b[0] for b in BUCKETS]
@@ -72,10 +94,38 @@ def metric_names(rows: Sequence[dict[str, Any]]) -> list[str]:
     return ordered + sorted(present - set(ordered))
 
 
-def _bucket_key(b: str) -> tuple[int, str]:
+def _bucket_key(b: str) -> tuple[int, int, str]:
     if b == ALL:
-        return (len(_BUCKET_ORDER) + 1, b)
-    return (_BUCKET_ORDER.index(b), b) if b in _BUCKET_ORDER else (-1, b)
+        return (2, 0, b)
+    if b in _BUCKET_ORDER:
+        return (0, _BUCKET_ORDER.index(b), b)
+    lead = re.match(r"\d+", b)
+    return (1, int(lead.group()) if lead else 0, b)
+
+
+def with_groups(rows: Sequence[dict[str, Any]], n_bins: int = 4) -> list[dict[str, Any]]:
+    """Copies of ``rows`` with a ``"group"`` label: the paper's bucket of M when a dataset's rows
+    span at least two buckets, otherwise (e.g. HotpotQA full context, where every M ≥ 12) up to
+    ``n_bins`` bins of M at its quantiles, labelled ``"lo-hi"``."""
+    out: list[dict[str, Any]] = []
+    by_dataset: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_dataset.setdefault(str(r["dataset"]), []).append(r)
+    for members in by_dataset.values():
+        if len({str(r["bucket"]) for r in members}) >= 2:
+            out += [{**r, "group": str(r["bucket"])} for r in members]
+            continue
+        ms = sorted({int(r["m"]) for r in members})
+        qs = [ms[min(len(ms) - 1, round(i * (len(ms) - 1) / n_bins))] for i in range(n_bins + 1)]
+        edges = sorted(set(qs[:-1])) if len(ms) > 1 else ms
+        labels: dict[int, str] = {}
+        for m in ms:
+            lo = max(e for e in edges if e <= m)
+            hi_candidates = [e for e in edges if e > lo]
+            hi = (hi_candidates[0] - 1) if hi_candidates else ms[-1]
+            labels[m] = f"{lo}-{hi}" if hi > lo else str(lo)
+        out += [{**r, "group": labels[int(r["m"])]} for r in members]
+    return out
 
 
 def aggregate_rows(
@@ -87,17 +137,23 @@ def aggregate_rows(
     names = list(metrics) if metrics is not None else metric_names(rows)
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        for bucket in (str(r["bucket"]), ALL):
+        for bucket in (str(r.get("group", r["bucket"])), ALL):
             key = (str(r["dataset"]), str(r["surrogate"]), str(r["method"]), bucket)
             groups.setdefault(key, []).append(r)
     out: list[dict[str, Any]] = []
     for (dataset, surrogate, method, bucket), members in groups.items():
-        out.append({
-            "dataset": dataset, "surrogate": surrogate, "method": method, "bucket": bucket, "n": len(members),
-            "metrics": {m: summarize(r.get("metrics", {}).get(m) for r in members) for m in names},
-            "seconds": summarize(r.get("seconds") for r in members),
-            "sequences": summarize(r.get("sequences") for r in members),
-        })
+        out.append(
+            {
+                "dataset": dataset,
+                "surrogate": surrogate,
+                "method": method,
+                "bucket": bucket,
+                "n": len(members),
+                "metrics": {m: summarize(r.get("metrics", {}).get(m) for r in members) for m in names},
+                "seconds": summarize(r.get("seconds") for r in members),
+                "sequences": summarize(r.get("sequences") for r in members),
+            }
+        )
     return out
 
 
@@ -124,6 +180,7 @@ def markdown_report(
 ) -> str:
     """The markdown text of ``results.md``."""
     names = metric_names(rows)
+    rows = with_groups(rows)
     aggs = aggregate_rows(rows, names)
     methods = _method_order(rows, config)
     lines = ["# Benchmark results", ""]
@@ -145,25 +202,43 @@ def markdown_report(
     ]
     for dataset, surrogate in dict.fromkeys((a["dataset"], a["surrogate"]) for a in aggs):
         sel = [a for a in aggs if a["dataset"] == dataset and a["surrogate"] == surrogate]
-        sel.sort(key=lambda a: (_bucket_key(a["bucket"]), methods.index(a["method"])
-                                if a["method"] in methods else len(methods)))
+        sel.sort(
+            key=lambda a: (
+                _bucket_key(a["bucket"]),
+                methods.index(a["method"]) if a["method"] in methods else len(methods),
+            )
+        )
         lines += [f"## {dataset} — surrogate `{surrogate}`", ""]
+        plaus_cols = [m for m in names if m in PLAUSIBILITY_METRICS]
+        faith_cols = [m for m in names if m not in PLAUSIBILITY_METRICS]
+        column_sets = [
+            (c, t) for c, t in ((plaus_cols, "gold labels"), (faith_cols, "faithfulness (surrogate)")) if c
+        ]
         for stat, title in (("mean", "Mean ± std"), ("median", "Median [q1, q3]")):
-            lines += [f"### {title}", ""]
-            head = ["M", "method", "n", *names] + (["s/expl", "seq/expl"] if stat == "mean" else [])
-            lines.append("| " + " | ".join(head) + " |")
-            lines.append("|" + "---|" * len(head))
-            for a in sel:
-                cells = [a["bucket"], a["method"], str(a["n"]), *(_fmt(a["metrics"][m], stat) for m in names)]
-                if stat == "mean":
-                    cells += [f"{a['seconds'].mean:.2f}" if a["seconds"].n else "n/a",
-                              f"{a['sequences'].mean:.1f}" if a["sequences"].n else "n/a"]
-                lines.append("| " + " | ".join(cells) + " |")
-            lines.append("")
+            for j, (cols, what) in enumerate(column_sets):
+                lines += [f"### {title} — {what}", ""]
+                timing = stat == "mean" and j == 0
+                head = ["M", "method", "n", *cols] + (["s/expl", "seq/expl"] if timing else [])
+                lines.append("| " + " | ".join(head) + " |")
+                lines.append("|" + "---|" * len(head))
+                for a in sel:
+                    values = [_fmt(a["metrics"][m], stat) for m in cols]
+                    cells = [a["bucket"], a["method"], str(a["n"]), *values]
+                    if timing:
+                        cells += [
+                            f"{a['seconds'].mean:.2f}" if a["seconds"].n else "n/a",
+                            f"{a['sequences'].mean:.1f}" if a["sequences"].n else "n/a",
+                        ]
+                    lines.append("| " + " | ".join(cells) + " |")
+                lines.append("")
         refs = reference.select(dataset=dataset) if reference else []
         if refs:
-            lines += ["### Published reference points", "", "| M | method | metric | value | source |",
-                      "|---|---|---|---|---|"]
+            lines += [
+                "### Published reference points",
+                "",
+                "| M | method | metric | value | source |",
+                "|---|---|---|---|---|",
+            ]
             for ref in sorted(refs, key=lambda p: (_bucket_key(p.bucket), p.method, p.metric)):
                 value = f"{ref.value:.3f}" + (f" ± {ref.std:.3f}" if ref.std is not None else "")
                 lines.append(f"| {ref.bucket} | {ref.method} | {ref.metric} | {value} | {ref.citation} |")
@@ -183,14 +258,19 @@ def _slug(text: str) -> str:
 
 
 def _plot(
-    rows: Sequence[dict[str, Any]], dataset: str, surrogate: str, metric: str, methods: Sequence[str],
-    reference: ReferenceTable | None, path: Path,
+    rows: Sequence[dict[str, Any]],
+    dataset: str,
+    surrogate: str,
+    metric: str,
+    methods: Sequence[str],
+    reference: ReferenceTable | None,
+    path: Path,
 ) -> bool:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     sel = [r for r in rows if r["dataset"] == dataset and r["surrogate"] == surrogate]
-    buckets = sorted({str(r["bucket"]) for r in sel}, key=_bucket_key)
+    buckets = sorted({str(r["group"]) for r in sel}, key=_bucket_key)
     refs = reference.select(dataset=dataset, metric=metric) if reference else []
     buckets += sorted({p.bucket for p in refs if p.bucket != ALL and p.bucket not in buckets})
     buckets.sort(key=_bucket_key)
@@ -203,7 +283,7 @@ def _plot(
     for j, method in enumerate(methods):
         xs, ys, es = [], [], []
         for b in buckets:
-            members = [r for r in sel if r["method"] == method and r["bucket"] == b]
+            members = [r for r in sel if r["method"] == method and r["group"] == b]
             s = summarize(r.get("metrics", {}).get(metric) for r in members)
             if s.n:
                 xs.append(xpos[b] + (j - (n_methods - 1) / 2) * 0.06)
@@ -214,12 +294,18 @@ def _plot(
             drawn = True
     for i, p in enumerate(refs):
         if p.bucket in xpos:
-            ax.scatter([xpos[p.bucket]], [p.value], marker="x", color="black", zorder=5,
-                       label=f"reference ({p.citation})" if i == 0 else None)
+            ax.scatter(
+                [xpos[p.bucket]],
+                [p.value],
+                marker="x",
+                color="black",
+                zorder=5,
+                label=f"reference ({p.citation})" if i == 0 else None,
+            )
     if not drawn:
         return False
     ax.set_xticks(range(len(buckets)), buckets)
-    ax.set_xlabel("number of features M (bucket)")
+    ax.set_xlabel("number of features M")
     ax.set_ylabel(metric)
     ax.set_title(f"{dataset} · {metric} (mean ± s.e.m.) · surrogate {surrogate}", fontsize=10)
     ax.grid(alpha=0.3)
@@ -251,27 +337,36 @@ def write_report(
         refs = load_reference(reference)
     names = metric_names(rows)
     methods = _method_order(rows, config)
+    grouped = with_groups(rows)
     plot_paths: list[Path] = []
     if plots:
         for dataset, surrogate in dict.fromkeys((str(r["dataset"]), str(r["surrogate"])) for r in rows):
             for metric in names:
                 path = out / PLOTS_DIR / f"{_slug(dataset)}__{_slug(surrogate)}__{_slug(metric)}.png"
-                if _plot(rows, dataset, surrogate, metric, methods, refs, path):
+                if _plot(grouped, dataset, surrogate, metric, methods, refs, path):
                     plot_paths.append(path)
     md_path = out / RESULTS_MD
     md_path.write_text(markdown_report(rows, config=config, reference=refs, plots=plot_paths, base=out))
     aggs = [
-        {**a, "metrics": {m: s.to_dict() for m, s in a["metrics"].items()},
-         "seconds": a["seconds"].to_dict(), "sequences": a["sequences"].to_dict()}
-        for a in aggregate_rows(rows, names)
+        {
+            **a,
+            "metrics": {m: s.to_dict() for m, s in a["metrics"].items()},
+            "seconds": a["seconds"].to_dict(),
+            "sequences": a["sequences"].to_dict(),
+        }
+        for a in aggregate_rows(grouped, names)
     ]
     json_path = out / RESULTS_JSON
     payload = {
-        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "config": config,
-        "metrics": names, "methods": methods, "aggregates": aggs, "reference": refs.to_json(), "rows": rows,
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": config,
+        "metrics": names,
+        "methods": methods,
+        "aggregates": aggs,
+        "reference": refs.to_json(),
+        "rows": rows,
     }
     tmp = json_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(json_safe(payload), indent=1, default=str, allow_nan=False))
     tmp.replace(json_path)
     return ReportPaths(markdown=md_path, json=json_path, plots=plot_paths)
-

@@ -1,0 +1,65 @@
+"""Shared plumbing for pluggable stage strategies (samplers, kernels, solvers).
+
+Each shipped strategy is a frozen pydantic model with a ``kind`` discriminator, so configurations
+round-trip through JSON inside results. Invalid settings raise :class:`ConfigError`, not pydantic's
+``ValidationError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import ConfigError
+
+__all__ = ["StrategyModel", "build_strategy"]
+
+
+def _describe(owner: str, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        cause = err.get("ctx", {}).get("error")
+        msg = str(cause) if isinstance(cause, Exception) else err["msg"]
+        parts.append(f"{owner}.{loc}: {msg}" if loc else f"{owner}: {msg}")
+    return "invalid " + "; ".join(parts)
+
+
+class StrategyModel(BaseModel):
+    """Base of shipped strategies: frozen, unknown keys rejected, bad settings → ConfigError."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    if not TYPE_CHECKING:  # keep the field-derived signature for type checkers
+
+        def __init__(self, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                raise ConfigError(_describe(type(self).__name__, exc)) from exc
+
+
+def build_strategy(spec: Any, registry: Mapping[str, type[Any]], protocol: type, what: str) -> Any:
+    """A strategy from a name (case-insensitive, ``-`` read as ``_``), a dict with a ``kind`` key,
+    or an object implementing ``protocol`` (returned unchanged)."""
+    known = ", ".join(sorted(registry))
+    if isinstance(spec, str):
+        cls = registry.get(spec.strip().lower().replace("-", "_"))
+        if cls is None:
+            raise ConfigError(f"unknown {what} {spec!r}; known {what}s: {known}")
+        return cls()
+    if isinstance(spec, Mapping):
+        kind = spec.get("kind")
+        if not isinstance(kind, str) or kind not in registry:
+            raise ConfigError(f"{what} config needs a 'kind' among {known}, got {kind!r}")
+        if not all(isinstance(key, str) for key in spec):
+            raise ConfigError(f"{what} config keys must be strings")
+        return registry[kind](**spec)  # invalid settings raise ConfigError
+    if isinstance(spec, protocol):
+        return spec
+    raise ConfigError(
+        f"{what} must be a name ({known}), a dict with a 'kind', or a {protocol.__name__}; "
+        f"got {type(spec).__name__}"
+    )

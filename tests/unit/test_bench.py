@@ -1,0 +1,324 @@
+"""The benchmark runner, report and CLI, end to end with a tiny in-process surrogate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from attribsdk.adapters.wrappers import TestModel
+from attribsdk.errors import ConfigError, InputError
+from attribsdk.eval.bench import (
+    C_RULES,
+    K_RULES,
+    BenchConfig,
+    MethodSpec,
+    parse_method_specs,
+    row_key,
+    run_benchmark,
+    select_examples,
+    sparse_k_sweep,
+)
+from attribsdk.eval.cli import app
+from attribsdk.eval.datasets import load_hotpotqa, load_jsonl
+from attribsdk.eval.faithfulness import FaithfulnessConfig
+from attribsdk.eval.reference import ReferencePoint, ReferenceTable, load_reference
+from attribsdk.eval.report import load_rows, with_groups, write_report
+from tests.tiny_models import tiny_local_model
+
+pytestmark = pytest.mark.filterwarnings("ignore::attribsdk.cost.UnknownPriceWarning")
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+HOTPOT = FIXTURES / "hotpotqa_slice.jsonl"
+USER = FIXTURES / "user_examples.jsonl"
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Any:
+    return tiny_local_model(seed=3, context=2048)
+
+
+# -- method specs ----------------------------------------------------------------------------------
+
+
+def test_parse_method_specs() -> None:
+    labels = ["rope-lime", "rope-lime-loo", "rope-lime:k=2sqrt,c=min(M,16k),layer=4", "rope-lime:c=2.5"]
+    specs = parse_method_specs([*labels, "rope-lime"])
+    assert [s.label for s in specs] == labels
+    assert specs[2].options == {"sampler": {"kind": "sparse_k", "k": "2sqrt", "c": "min(M,16k)"}, "layer": 4}
+    assert specs[3].options == {"sampler": {"kind": "sparse_k", "c": 2.5}}
+    assert specs[2].build().config()["layer"] == 4
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_method_specs(["rope-lime:k"])
+    with pytest.raises(ConfigError, match="sparse-k"):
+        parse_method_specs(["rope-lime:sampler=loo,k=3"])
+    with pytest.raises(ConfigError, match="unknown method"):
+        MethodSpec(label="x", method="nope").build()
+    with pytest.raises(ConfigError):
+        parse_method_specs([" "])
+
+
+def test_sparse_k_sweep_is_the_papers_grid() -> None:
+    assert K_RULES == ("sqrt", "2sqrt", "4sqrt")
+    assert C_RULES == ("min(M,16k)", "M", "min(M,8k)", "0.5M", "0.25M", "min(M,4k)")
+    sweep = sparse_k_sweep()
+    assert len(sweep) == 18 and len({s.config_hash() for s in sweep}) == 18
+    assert sweep[0].label == "rope-lime:k=sqrt,c=min(M,16k)"
+    assert [s.label for s in parse_method_specs(["sparse-k-sweep"])] == [s.label for s in sweep]
+    # the hash follows the configuration, not the label
+    a = MethodSpec(label="a", options={"sampler": {"kind": "sparse_k", "k": "sqrt", "c": "M"}})
+    b = MethodSpec(label="b", options={"sampler": {"kind": "sparse_k", "k": "sqrt", "c": "M"}})
+    assert a.config_hash() == b.config_hash() != MethodSpec(label="c").config_hash()
+
+
+def test_bench_config_validation() -> None:
+    spec = MethodSpec(label="rope-lime")
+    with pytest.raises(ConfigError, match="at least one method"):
+        BenchConfig(dataset="jsonl", methods=())
+    with pytest.raises(ConfigError, match="unique"):
+        BenchConfig(dataset="jsonl", methods=(spec, spec))
+    with pytest.raises(ConfigError, match="unknown buckets"):
+        BenchConfig(dataset="jsonl", methods=(spec,), buckets=("7-9",))
+    with pytest.raises(ConfigError):
+        BenchConfig(dataset="jsonl", methods=(spec,), split="dev")  # type: ignore[arg-type]
+
+
+def test_select_examples_per_bucket_and_round_robin() -> None:
+    examples = list(load_hotpotqa(HOTPOT))
+    buckets = [e.bucket for e in examples]
+    assert sorted(buckets) == ["2-3", "4-5", "4-5"]
+    per = select_examples(examples, n_per_bucket=1)
+    assert [e.bucket for e in per] == ["2-3", "4-5"] and per[1].id == examples[buckets.index("4-5")].id
+    assert [e.bucket for e in select_examples(examples, max_examples=2)] == ["2-3", "4-5"]
+    assert [e.bucket for e in select_examples(examples, buckets=["4-5"])] == ["4-5", "4-5"]
+    with pytest.raises(InputError, match="duplicate"):
+        select_examples([examples[0], examples[0]])
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+def _config(**kw: Any) -> BenchConfig:
+    base: dict[str, Any] = {
+        "dataset": "hotpotqa-paper",
+        "split": "all",
+        "surrogates": ("tiny",),
+        "concurrency": 2,
+        "methods": tuple(parse_method_specs(["rope-lime", "rope-lime-loo"])),
+    }
+    return BenchConfig(**{**base, **kw})
+
+
+def test_run_writes_rows_shares_answers_and_resumes(tiny: Any, tmp_path: Path) -> None:
+    examples = list(load_hotpotqa(HOTPOT))
+    closed = TestModel("Paris is the capital.")
+    out = tmp_path / "run"
+    first = run_benchmark(
+        _config(methods=(parse_method_specs(["rope-lime-loo"])[0],)),
+        out,
+        closed=closed,
+        surrogates={"tiny": tiny},
+        examples=examples,
+        report=False,
+    )
+    assert first.computed == 3 and first.skipped == 0 and not first.errors
+    assert len(closed.calls) == 3  # one closed call per example
+
+    # resume with one more method: only the new method runs, answers are reused
+    seen: list[str] = []
+    second = run_benchmark(
+        _config(),
+        out,
+        closed=closed,
+        surrogates={"tiny": tiny},
+        examples=examples,
+        resume=True,
+        on_row=lambda r: seen.append(r["method"]),
+    )
+    assert second.computed == 3 and second.skipped == 3 and seen == ["rope-lime"] * 3
+    assert len(closed.calls) == 3 and len(second.rows) == 6
+    rows = load_rows(out)
+    keys = {r["key"] for r in rows}
+    assert len(keys) == 6
+    row = next(r for r in rows if r["method"] == "rope-lime")
+    assert row["key"] == row_key(row["id"], row["method_hash"], 0, "tiny")
+    assert set(row["metrics"]) == {"iou", "f1", "auroc"} and row["answer"] == "Paris is the capital."
+    assert len(row["attributions"]) == row["m"] and row["sequences"] > 0 and row["closed"] == "test:model"
+
+    # nothing left: a third resume computes nothing; a torn last line is ignored
+    with (out / "rows.jsonl").open("a") as fh:
+        fh.write('{"key": "torn')
+    third = run_benchmark(
+        _config(), out, closed=closed, surrogates={"tiny": tiny}, examples=examples, resume=True, report=False
+    )
+    assert third.computed == 0 and third.skipped == 6 and len(closed.calls) == 3
+    with pytest.raises(ConfigError, match="already holds results"):
+        run_benchmark(_config(), out, closed=closed, surrogates={"tiny": tiny}, examples=examples)
+
+    # the report: tables, strict JSON, plots
+    assert second.report is not None
+    md = second.report.markdown.read_text()
+    assert "| 4-5 | rope-lime-loo | 2 |" in md and "| all | rope-lime | 3 |" in md and "Median [q1, q3]" in md
+    data = json.loads(second.report.json.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert len(data["rows"]) == 6 and {a["bucket"] for a in data["aggregates"]} == {"2-3", "4-5", "all"}
+    assert data["methods"] == ["rope-lime", "rope-lime-loo"]
+    assert {p.name for p in second.report.plots} >= {"hotpotqa-paper__tiny__auroc.png"}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in second.report.plots)
+
+
+def test_run_with_faithfulness_and_reference_answers(tiny: Any, tmp_path: Path) -> None:
+    examples = list(load_jsonl(USER))  # u2 has no reference answer
+    faith = FaithfulnessConfig(metrics=("abpc", "topk", "lds"), lds_masks=4, topk=(1,))
+    cfg = _config(
+        dataset="jsonl",
+        answer_source="reference",
+        faithfulness=faith,
+        methods=(parse_method_specs(["rope-lime-loo"])[0],),
+    )
+    closed = TestModel("unused")
+    result = run_benchmark(cfg, tmp_path / "f", closed=closed, surrogates={"tiny": tiny}, examples=examples)
+    assert closed.calls == [] and result.computed == 2
+    assert [e["id"] for e in result.errors] == ["u2"] and result.errors[0]["error"] == "InputError"
+    assert all({"abpc", "topk_drop@1", "lds"} <= set(r["metrics"]) for r in result.rows)
+    assert all(r["closed"] == "reference" for r in result.rows)
+    errors = (tmp_path / "f" / "errors.jsonl").read_text().splitlines()
+    assert len(errors) == 1 and json.loads(errors[0])["id"] == "u2"
+
+
+def test_a_failing_faithfulness_metric_keeps_the_row(tiny: Any, tmp_path: Path) -> None:
+    examples = list(load_jsonl(USER))[:1]
+    faith = FaithfulnessConfig(metrics=("abpc",), fractions=(0.0, 0.5, 1.0))
+    cfg = _config(
+        dataset="jsonl",
+        answer_source="reference",
+        faithfulness=faith,
+        methods=(parse_method_specs(["rope-lime-loo"])[0],),
+    )
+    ok = run_benchmark(cfg, tmp_path / "ok", surrogates={"tiny": tiny}, examples=examples, report=False)
+    assert ok.rows[0]["faithfulness_error"] is None and "abpc" in ok.rows[0]["metrics"]
+    broken = cfg.model_copy(
+        update={"faithfulness": FaithfulnessConfig(metrics=("abpc",), fractions=(0.5, 0.2))}
+    )
+    bad = run_benchmark(broken, tmp_path / "bad", surrogates={"tiny": tiny}, examples=examples, report=False)
+    row = bad.rows[0]
+    assert not bad.errors and "increasing" in row["faithfulness_error"] and "abpc" not in row["metrics"]
+    assert row["metrics"]["iou"] == ok.rows[0]["metrics"]["iou"]
+
+
+def test_report_with_reference_points_and_groups(tiny: Any, tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    run_benchmark(
+        _config(methods=(parse_method_specs(["rope-lime-loo"])[0],), n_per_bucket=1),
+        out,
+        closed=TestModel("Paris."),
+        surrogates={"tiny": tiny},
+        examples=list(load_hotpotqa(HOTPOT)),
+        report=False,
+    )
+    refs = ReferenceTable(
+        [
+            ReferencePoint(
+                dataset="hotpotqa-paper",
+                bucket="4-5",
+                method="rope-lime",
+                metric="auroc",
+                value=0.5,
+                citation="Test (2026), Table 2",
+            )
+        ]
+    )
+    paths = write_report(out, reference=refs)
+    md = paths.markdown.read_text()
+    assert "Published reference points" in md and "Test (2026), Table 2" in md
+    assert json.loads(paths.json.read_text())["reference"][0]["value"] == 0.5
+    # a dataset whose rows share one bucket is grouped by quantiles of M
+    rows = [{"dataset": "d", "bucket": "12+", "m": m} for m in (13, 20, 30, 60)]
+    assert [r["group"] for r in with_groups(rows)] == ["13-19", "20-29", "30-60", "30-60"]
+    assert [r["group"] for r in with_groups(rows, n_bins=2)] == ["13-29", "13-29", "30-60", "30-60"]
+    mixed = [{"dataset": "d", "bucket": "2-3", "m": 2}, {"dataset": "d", "bucket": "12+", "m": 14}]
+    assert [r["group"] for r in with_groups(mixed)] == ["2-3", "12+"]
+
+
+def test_reference_loader(tmp_path: Path) -> None:
+    assert len(load_reference()) == 0  # the paper's values are pending: nothing is invented
+    path = tmp_path / "ref.json"
+    point = {
+        "dataset": "mmlu-words",
+        "bucket": "all",
+        "method": "rope-lime",
+        "metric": "iou",
+        "value": 0.4,
+        "citation": "X (2026)",
+    }
+    path.write_text(json.dumps({"points": [point]}))
+    table = load_reference(path)
+    assert len(table) == 1 and table.select(metric="iou")[0].value == 0.4 and not table.select(metric="f1")
+    path.write_text(json.dumps([{**point, "value": "high"}]))
+    with pytest.raises(InputError, match="reference point 0"):
+        load_reference(path)
+    with pytest.raises(InputError, match="cannot read"):
+        load_reference(tmp_path / "missing.json")
+
+
+# -- CLI -------------------------------------------------------------------------------------------
+
+
+def test_cli_run_and_report(tmp_path: Path) -> None:
+    lm = tiny_local_model(seed=3)
+    model_dir = tmp_path / "tiny"
+    lm.model.save_pretrained(model_dir)
+    lm.tokenizer.save_pretrained(model_dir)
+    out = tmp_path / "cli"
+    runner = CliRunner()
+    args = [
+        "run",
+        "--dataset",
+        "jsonl",
+        "--data",
+        str(USER),
+        "--split",
+        "all",
+        "--answers",
+        "reference",
+        "--surrogate",
+        str(model_dir),
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--methods",
+        "rope-lime-loo",
+        "rope-lime:k=sqrt,c=M",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "4 rows computed, 0 already done, 1 failed" in result.output  # u2: no reference answer
+    methods = {r["method"] for r in load_rows(out)}
+    assert methods == {"rope-lime-loo", "rope-lime:k=sqrt,c=M"}
+    again = runner.invoke(app, [*args, "--resume"])
+    assert again.exit_code == 0 and "0 rows computed, 4 already done" in again.output
+    exists = runner.invoke(app, args)
+    assert exists.exit_code == 2 and "already holds results" in exists.output
+    rep = runner.invoke(app, ["report", str(out), "--no-plots"])
+    assert rep.exit_code == 0 and "0 plots" in rep.output
+    missing = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "not found" in missing.output
+    bad = runner.invoke(
+        app,
+        [
+            "run",
+            "--dataset",
+            "jsonl",
+            "--data",
+            str(USER),
+            "--out",
+            str(tmp_path / "b"),
+            "--methods",
+            "rope-lime:k",
+        ],
+    )
+    assert bad.exit_code == 2 and "key=value" in bad.output
