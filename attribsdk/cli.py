@@ -134,6 +134,9 @@ def _mount_optional() -> None:
     from .eval.cli import app as bench_app
 
     app.add_typer(bench_app, name="bench")
+    from .compare_cli import app as compare_app
+
+    app.add_typer(compare_app)
 
 
 _mount_optional()

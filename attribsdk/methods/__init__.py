@@ -6,14 +6,27 @@ from typing import Any
 
 from ..errors import ConfigError
 from .base import Method, MethodParts, MethodResult
+from .gsmile import ClosedLoo, GSmile
 from .rope_lime import RopeLime, RopeLimeConfig
 
-__all__ = ["METHODS", "Method", "MethodParts", "MethodResult", "RopeLime", "RopeLimeConfig", "make_method"]
+__all__ = [
+    "METHODS",
+    "ClosedLoo",
+    "GSmile",
+    "Method",
+    "MethodParts",
+    "MethodResult",
+    "RopeLime",
+    "RopeLimeConfig",
+    "make_method",
+]
 
 #: name → constructor. ``"rope-lime-loo"`` is RoPE-LIME with the leave-one-out sampler.
 METHODS: dict[str, Any] = {
     "rope-lime": RopeLime,
     "rope-lime-loo": lambda **kw: RopeLime(**{"sampler": "loo", **kw}),
+    "gsmile": GSmile,
+    "closed-loo": ClosedLoo,
 }
 
 

@@ -174,3 +174,13 @@ def test_anyio_run_from_plain_code(tiny: Any) -> None:
             return await ex.explain(QUESTION, CONTEXT)
 
     assert isinstance(anyio.run(go, backend="trio"), Explanation)
+
+
+async def test_explain_many_progress_bar_and_aggregate_cost(tiny: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    examples = [{"question": QUESTION, "context": CONTEXT}] * 3
+    async with Explainer(closed=TestModel("Paris."), surrogate=tiny, cache=False) as ex:
+        out = await ex.explain_many(examples, concurrency=3, progress=True)
+        report = ex.cost_report()
+    assert all(isinstance(r, Explanation) for r in out)
+    assert report.closed_calls == 3 == sum(r.counts.closed_calls for r in out if isinstance(r, Explanation))
+    assert "3/3" in capsys.readouterr().out

@@ -1,0 +1,383 @@
+"""The cost comparison: what RoPE-LIME saves against the closed-loop methods, on your data.
+
+:func:`acompare` (:func:`compare` from synchronous code) explains the same N labelled examples with
+each method -- by default RoPE-LIME (Sparse-K), RoPE-LIME (LOO) and gSMILE -- and reports side by
+side, per method: closed calls, HTTP attempts, cache hits, input/output tokens, dollars and avoided
+dollars, wall time, surrogate sequences, and quality against the gold labels (mean IoU, F1, AUROC
+of the attributions, :func:`~attribsdk.eval.metrics.plausibility`).
+
+* Examples are chosen as the benchmark does (:func:`~attribsdk.eval.bench.select_examples`:
+  round-robin over the buckets of M, file order within a bucket), or passed in.
+* Methods run one after another (so their wall times do not interfere); each method's examples
+  run concurrently (``concurrency``), and closed calls inside an explanation run concurrently too.
+* Each method has its own :class:`~attribsdk.explainer.Explainer`, ledger and response cache
+  (``<out>/cache/<method>``): the counts of one method never include another's calls, a first run
+  measures a cold cache, and a re-run costs nothing (its savings show as cache hits and avoided
+  dollars). The surrogate is loaded once and shared.
+* Offline (``closed="local:..."``) the calls cost $0; ``price_as="openai:gpt-4o-mini"`` prices
+  every call as if that model had been used (its ``genai-prices`` input/output prices applied to
+  the local model's token counts), and the report says so in ``pricing_note``. With a real model
+  string (``"openai:gpt-4o-mini"``, ``"anthropic:claude-..."``) the calls and dollars are real.
+
+Outputs in ``out_dir``: ``compare.json`` (configuration, per-method summary, per-example rows) and
+``compare.png`` (cost vs quality); :func:`format_table` renders the summary as text.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field
+
+from .adapters.base import GenerationParams, Usage
+from .cost import Price, Pricing
+from .errors import AttribError, ConfigError
+from .eval.bench import json_safe, select_examples
+from .eval.datasets import LabeledExample, load_dataset
+from .eval.metrics import plausibility
+from .explanation import Explanation
+from .prompt import Example
+
+if TYPE_CHECKING:
+    from .scoring.base import Scorer
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "CompareConfig",
+    "CompareReport",
+    "MethodSummary",
+    "acompare",
+    "compare",
+    "format_table",
+    "price_of",
+]
+
+#: The methods compared by default.
+DEFAULT_METHODS: tuple[str, ...] = ("rope-lime", "rope-lime-loo", "gsmile")
+JSON_FILE = "compare.json"
+PLOT_FILE = "compare.png"
+
+
+class CompareConfig(BaseModel):
+    """What to compare. ``price_as`` (a model string) prices the calls of ``closed`` as if that
+    model had answered them; ``None`` uses ``closed``'s own price (local models: $0)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: str = "hotpotqa-paper"
+    data_path: str | None = None
+    split: Literal["tune", "report", "all"] = "report"
+    n_examples: int = Field(default=5, ge=1)
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    closed: str = "local:smollm2"
+    surrogate: str = "smollm2"
+    price_as: str | None = None
+    seed: int = 0
+    concurrency: int = Field(default=2, ge=1)
+    max_tokens: int = Field(default=64, ge=1)
+    device: str = "auto"
+    dtype: str = "float32"
+
+
+class MethodSummary(BaseModel):
+    """One method's totals over the examples (quality metrics are means over finished examples;
+    ``None`` when no example finished or every value was undefined)."""
+
+    method: str
+    n_examples: int
+    n_ok: int
+    n_failed: int
+    closed_calls: int
+    failed_calls: int
+    http_attempts: int
+    cache_hits: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+    avoided_usd: float | None
+    wall_seconds: float
+    surrogate_sequences: int
+    iou: float | None
+    f1: float | None
+    auroc: float | None
+
+    @property
+    def calls_per_explanation(self) -> float:
+        return (self.closed_calls + self.cache_hits) / max(self.n_examples, 1)
+
+
+class CompareReport(BaseModel):
+    """The comparison's result (what ``compare.json`` holds)."""
+
+    config: CompareConfig
+    closed: str
+    pricing_note: str
+    price_source: str
+    examples: list[str]
+    methods: list[MethodSummary]
+    rows: list[dict[str, Any]]
+
+
+def price_of(model: str) -> Price:
+    """The per-million-token input/output :class:`Price` of ``model`` in ``genai-prices``.
+
+    Raises :class:`~attribsdk.errors.ConfigError` when the price is unknown.
+    """
+    pricing = Pricing()
+    inp = pricing.cost(model, Usage(input_tokens=1_000_000))
+    out = pricing.cost(model, Usage(output_tokens=1_000_000))
+    if inp is None or out is None:
+        raise ConfigError(f"no known price for {model!r}; give a model genai-prices knows")
+    return Price(input_mtok=inp, output_mtok=out)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+async def acompare(
+    config: CompareConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    examples: Sequence[LabeledExample] | None = None,
+    surrogate: str | Scorer | None = None,
+    pricing: Pricing | None = None,
+    closed_options: dict[str, Any] | None = None,
+    write: bool = True,
+) -> CompareReport:
+    """Run the comparison (see the module docstring) and write ``compare.json``/``compare.png``.
+
+    ``examples`` replaces the dataset selection; ``surrogate`` replaces ``config.surrogate`` (e.g.
+    a loaded :class:`~attribsdk.scoring.base.Scorer`); ``pricing`` adds price overrides;
+    ``closed_options`` go to the closed model's factory (``base_url=``, ``api_key_env=``…).
+    """
+    from .explainer import Explainer
+
+    out = Path(out_dir)
+    if examples is None:
+        examples = select_examples(
+            load_dataset(config.dataset, config.data_path, split=config.split), max_examples=config.n_examples
+        )
+    examples = list(examples)
+    if not examples:
+        raise ConfigError("no examples to compare")
+
+    overrides = dict(pricing.overrides) if pricing is not None else {}
+    if config.price_as is not None:
+        overrides[config.closed] = price_of(config.price_as)
+        p = overrides[config.closed]
+        note = (
+            f"calls ran on {config.closed}; dollars are priced AS IF {config.price_as} had answered "
+            f"(${p.input_mtok:g} / ${p.output_mtok:g} per million input / output tokens, "
+            "applied to the local model's token counts)"
+        )
+    else:
+        note = f"dollars are {config.closed}'s own prices"
+    prices = Pricing(overrides=overrides)
+
+    store = None
+    surrogate_spec: str | Scorer = surrogate if surrogate is not None else config.surrogate
+    if isinstance(surrogate_spec, str) or config.closed.startswith("local:"):
+        from .scoring.models import ModelStore
+
+        store = ModelStore()
+    params = GenerationParams(max_tokens=config.max_tokens, temperature=0.0)
+    summaries: list[MethodSummary] = []
+    rows: list[dict[str, Any]] = []
+    try:
+        for name in config.methods:
+            ex = Explainer(
+                closed=config.closed,
+                surrogate=surrogate_spec,
+                method=name,
+                device=config.device,
+                dtype=config.dtype,
+                seed=config.seed,
+                params=params,
+                store=store,
+                cache=str(out / "cache" / name),
+                pricing=prices,
+                closed_options=closed_options,
+            )
+            async with ex:
+                if isinstance(surrogate_spec, str):
+                    await ex.scorer()  # load before the clock starts: every method gets it loaded
+                t0 = time.perf_counter()
+                results = await ex.explain_many(
+                    [Example(prompt=e.prompt, id=e.id) for e in examples], concurrency=config.concurrency
+                )
+                wall = time.perf_counter() - t0
+                cost = ex.cost_report()
+            summaries.append(_summarise(name, examples, results, cost, wall, rows))
+    finally:
+        if store is not None:
+            await anyio.to_thread.run_sync(store.close)
+
+    report = CompareReport(
+        config=config,
+        closed=config.closed,
+        pricing_note=note,
+        price_source=prices.source,
+        examples=[e.id for e in examples],
+        methods=summaries,
+        rows=rows,
+    )
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / JSON_FILE).write_text(json.dumps(json_safe(report.model_dump(mode="json")), indent=2) + "\n")
+        plot_report(report, out / PLOT_FILE)
+    return report
+
+
+def _summarise(
+    name: str,
+    examples: Sequence[LabeledExample],
+    results: Sequence[Explanation | AttribError],
+    cost: Any,
+    wall: float,
+    rows: list[dict[str, Any]],
+) -> MethodSummary:
+    metrics: dict[str, list[float]] = {"iou": [], "f1": [], "auroc": []}
+    sequences = 0
+    n_ok = 0
+    for ex, res in zip(examples, results, strict=True):
+        row: dict[str, Any] = {"method": name, "id": ex.id, "m": ex.n_features, "gold": list(ex.gold)}
+        if isinstance(res, Explanation):
+            n_ok += 1
+            sequences += res.counts.surrogate_sequences
+            plaus = plausibility(res.attributions, ex.gold)
+            for k, v in plaus.items():
+                metrics[k].append(v)
+            row.update(
+                answer=res.answer,
+                attributions=res.attributions,
+                metrics=plaus,
+                closed_calls=res.counts.closed_calls,
+                cache_hits=res.counts.cache_hits,
+                cost_usd=res.cost.cost_usd,
+                seconds=res.timings.total,
+                surrogate_sequences=res.counts.surrogate_sequences,
+            )
+        else:
+            row["error"] = f"{type(res).__name__}: {res.message}"
+        rows.append(row)
+    return MethodSummary(
+        method=name,
+        n_examples=len(examples),
+        n_ok=n_ok,
+        n_failed=len(examples) - n_ok,
+        closed_calls=cost.closed_calls,
+        failed_calls=cost.failed_calls,
+        http_attempts=cost.http_attempts,
+        cache_hits=cost.cache_hits,
+        input_tokens=cost.tokens.input_tokens,
+        output_tokens=cost.tokens.output_tokens,
+        cost_usd=cost.cost_usd,
+        avoided_usd=cost.avoided_usd,
+        wall_seconds=wall,
+        surrogate_sequences=sequences,
+        iou=_mean(metrics["iou"]),
+        f1=_mean(metrics["f1"]),
+        auroc=_mean(metrics["auroc"]),
+    )
+
+
+def compare(config: CompareConfig, out_dir: str | os.PathLike[str], **kwargs: Any) -> CompareReport:
+    """Blocking :func:`acompare`."""
+    result: CompareReport = anyio.run(lambda: acompare(config, out_dir, **kwargs))
+    return result
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def format_table(report: CompareReport) -> str:
+    """The per-method summary as a fixed-width text table, with the pricing note below it."""
+    head = (
+        "method",
+        "closed calls",
+        "HTTP attempts",
+        "cache hits",
+        "input tok",
+        "output tok",
+        "$",
+        "avoided $",
+        "wall s",
+        "surrogate seq",
+        "IoU",
+        "F1",
+        "AUROC",
+    )
+    body = [
+        (
+            s.method,
+            str(s.closed_calls),
+            str(s.http_attempts),
+            str(s.cache_hits),
+            str(s.input_tokens),
+            str(s.output_tokens),
+            _fmt(s.cost_usd, ".6f"),
+            _fmt(s.avoided_usd, ".6f"),
+            f"{s.wall_seconds:.1f}",
+            str(s.surrogate_sequences),
+            _fmt(s.iou, ".3f"),
+            _fmt(s.f1, ".3f"),
+            _fmt(s.auroc, ".3f"),
+        )
+        for s in report.methods
+    ]
+    widths = [max(len(r[i]) for r in (head, *body)) for i in range(len(head))]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in (head, *body)
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    n = len(report.examples)
+    failed = sum(s.n_failed for s in report.methods)
+    lines += [
+        "",
+        f"{n} examples, closed model {report.closed}; {report.pricing_note} [{report.price_source}]",
+    ]
+    if failed:
+        lines.append(f"{failed} explanations failed (see rows[].error in {JSON_FILE})")
+    return "\n".join(lines)
+
+
+def plot_report(report: CompareReport, path: str | os.PathLike[str]) -> None:
+    """Cost vs quality: closed calls (left) and dollars (right) per explanation against AUROC."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for s in report.methods:
+        n = max(s.n_examples, 1)
+        y = s.auroc if s.auroc is not None else float("nan")
+        axes[0].scatter([s.calls_per_explanation], [y], s=60)
+        axes[0].annotate(s.method, (s.calls_per_explanation, y), textcoords="offset points", xytext=(5, 5))
+        dollars = (s.cost_usd or 0.0) + (s.avoided_usd or 0.0)
+        if s.cost_usd is not None:
+            axes[1].scatter([dollars / n], [y], s=60)
+            axes[1].annotate(s.method, (dollars / n, y), textcoords="offset points", xytext=(5, 5))
+    axes[0].set_xlabel("closed calls per explanation")
+    axes[1].set_xlabel("$ per explanation (paid + served from cache)")
+    for ax in axes:
+        ax.set_ylabel("mean AUROC vs gold")
+        ax.grid(alpha=0.3)
+    label = report.config.price_as or report.closed
+    fig.suptitle(
+        f"{len(report.examples)} examples of {report.config.dataset}; priced as {label}", fontsize=10
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

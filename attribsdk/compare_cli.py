@@ -1,0 +1,88 @@
+"""``attribsdk compare``: RoPE-LIME vs the closed-loop baselines, cost and quality side by side.
+
+A typer sub-app; mount it on the main CLI with ``app.add_typer(compare_app)`` -- typer then
+exposes its single ``compare`` command directly -- or register the command itself with
+``app.command("compare")(compare_cli.compare)``. Examples::
+
+    attribsdk compare --n 5 --price-as openai:gpt-4o-mini --out results/compare      # offline
+    attribsdk compare --closed openai:gpt-4o-mini --n 20 --out results/compare-real  # real calls
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .errors import AttribError
+
+app = typer.Typer(
+    help="Compare RoPE-LIME with closed-loop baselines: closed calls, dollars, time, quality.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command("compare")
+def compare(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (compare.json, compare.png).")],
+    dataset: Annotated[str, typer.Option(help="hotpotqa-paper | mmlu-words | hotpotqa-full | jsonl")] = (
+        "hotpotqa-paper"
+    ),
+    data: Annotated[Path | None, typer.Option(help="Dataset file (default: shared data).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Number of examples.")] = 5,
+    methods: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--method", "-m", help="Methods (repeatable): rope-lime rope-lime-loo gsmile closed-loo."
+        ),
+    ] = None,
+    closed: Annotated[str, typer.Option(help="Closed model string (local:smollm2, openai:gpt-4o-mini…).")] = (
+        "local:smollm2"
+    ),
+    surrogate: Annotated[str, typer.Option(help="Surrogate model.")] = "smollm2",
+    price_as: Annotated[
+        str | None, typer.Option(help="Price the calls as if this model answered (offline runs).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="tune | report | all")] = "report",
+    seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
+    concurrency: Annotated[int, typer.Option(help="Examples in flight per method.")] = 2,
+    max_tokens: Annotated[int, typer.Option(help="max_tokens of every closed call.")] = 64,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32 | bfloat16")] = "float32",
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Explain N examples with each method; print the table, write compare.json and compare.png."""
+    from pydantic import ValidationError
+
+    from .compare import CompareConfig, format_table
+    from .compare import compare as run_compare
+
+    try:
+        config = CompareConfig(
+            dataset=dataset,
+            data_path=str(data) if data is not None else None,
+            split=split,  # type: ignore[arg-type]
+            n_examples=n,
+            methods=tuple(methods) if methods else CompareConfig().methods,
+            closed=closed,
+            surrogate=surrogate,
+            price_as=price_as,
+            seed=seed,
+            concurrency=concurrency,
+            max_tokens=max_tokens,
+            device=device,
+            dtype=dtype,
+        )
+        report = run_compare(config, out)
+    except ValidationError as exc:
+        typer.echo(f"error: invalid option: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except AttribError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {type(exc).__name__}: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(format_table(report))
+    typer.echo(f"\nwrote {out / 'compare.json'} and {out / 'compare.png'}")

@@ -1,0 +1,31 @@
+"""What RoPE-LIME saves: RoPE-LIME (Sparse-K), RoPE-LIME (LOO) and gSMILE on a few HotpotQA examples.
+
+Runs offline: the "closed" model is the packaged SmolLM2 running locally, and every call is priced
+as if gpt-4o-mini had answered it (the table says so). To measure real calls and real dollars,
+change ONE line -- the closed model -- and set your key:
+
+    closed="openai:gpt-4o-mini"               # OPENAI_API_KEY
+    closed="anthropic:claude-3-5-haiku-latest"  # ANTHROPIC_API_KEY
+    (and drop price_as)
+
+Run:  python examples/cost_comparison.py [N]     (outputs in results/cost_comparison/)
+"""
+
+from __future__ import annotations
+
+import sys
+
+from attribsdk.compare import CompareConfig, compare, format_table
+
+config = CompareConfig(
+    dataset="hotpotqa-paper",
+    n_examples=int(sys.argv[1]) if len(sys.argv) > 1 else 3,
+    methods=("rope-lime", "rope-lime-loo", "gsmile"),
+    closed="local:smollm2",  # ← the one line to change: "openai:gpt-4o-mini", "anthropic:..."
+    price_as="openai:gpt-4o-mini",
+)
+
+if __name__ == "__main__":
+    report = compare(config, "results/cost_comparison")
+    print(format_table(report))
+    print("\nJSON and plot: results/cost_comparison/compare.json, compare.png")

@@ -1,0 +1,247 @@
+"""gSMILE and closed-model leave-one-out with in-process closed models and a tiny surrogate."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import ot
+import pytest
+
+from attribsdk import ConfigError, Explainer
+from attribsdk.adapters.base import Completion, GenerationParams, Message
+from attribsdk.adapters.wrappers import FunctionModel, TestModel
+from attribsdk.cost import Budget, Price, Pricing
+from attribsdk.errors import AdapterError, BudgetExceeded, TruncatedOutputError
+from attribsdk.methods import ClosedLoo, GSmile, MethodParts, make_method
+from attribsdk.methods.gsmile import _target
+from attribsdk.prompt import build_prompt
+from attribsdk.wmd import WMD, clean_words
+from attribsdk.wordvec import (
+    CallableWordVectors,
+    EmbeddingWordVectors,
+    KeyedWordVectors,
+    make_word_vectors,
+)
+from tests.tiny_models import tiny_local_model
+
+pytestmark = pytest.mark.anyio
+
+#: Twelve distinct words; the closed model's answer depends on "paris" and "seine" only.
+QUESTION = "Which famous river crosses Paris where tourists walk along the Seine today"
+
+
+FREE = Pricing(overrides={"test:model": Price(input_mtok=0.0, output_mtok=0.0)})
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Any:
+    return tiny_local_model(seed=5)
+
+
+def hashed_vector(word: str, dim: int = 32) -> np.ndarray:
+    """A fixed pseudo-random vector per word (distinct words are far apart in 32-d)."""
+    seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:4], "little")
+    return np.random.default_rng(seed).standard_normal(dim)
+
+
+def planted(messages: list[Message], params: GenerationParams) -> str:
+    text = messages[-1].content.lower()
+    city = "paris" if "paris" in text.split() else "somewhere"
+    river = "seine" if "seine" in text.split() else "unknown"
+    return f"the river in {city} is the {river}"
+
+
+# -- WMD -------------------------------------------------------------------------------------------
+
+
+def test_clean_words_lowercases_and_strips_punctuation() -> None:
+    assert clean_words("Paris, the CAPITAL!  of France.") == ["paris", "the", "capital", "of", "france"]
+
+
+def test_wmd_matches_gensim_definition_on_hand_vectors() -> None:
+    table = {"a": [1.0, 0.0], "b": [0.0, 2.0], "c": [-3.0, 0.0]}
+    wmd = WMD(KeyedWordVectors(table))
+    # nBOW: doc1 = {a: 2/3, b: 1/3}, doc2 = {c: 1}; unit vectors a=(1,0), b=(0,1), c=(-1,0).
+    expected = 2 / 3 * 2.0 + 1 / 3 * np.sqrt(2.0)
+    assert wmd("a a b", "c") == pytest.approx(expected)
+    assert wmd("a b", "b a") == pytest.approx(0.0, abs=1e-12)
+    assert wmd("a", "a a") == 0.0
+    # The same problem solved directly with POT's exact solver.
+    cost = np.array([[2.0], [np.sqrt(2.0)]])
+    assert wmd("a a b", "c") == pytest.approx(ot.emd2(np.array([2 / 3, 1 / 3]), np.array([1.0]), cost))
+
+
+def test_wmd_unknown_words_dropped_and_empty_side_is_one() -> None:
+    wmd = WMD(KeyedWordVectors({"a": [1.0, 0.0], "b": [0.0, 1.0]}))
+    assert wmd("a zzz", "a") == 0.0  # zzz has no vector: left out, as gensim does
+    assert wmd("zzz", "a") == 1.0  # the authors' safe_wmdistance value
+    assert wmd("", "") == 1.0
+    assert WMD(KeyedWordVectors({"a": [1.0, 0.0]}), empty=float("inf"))("", "a") == float("inf")
+
+
+def test_wmd_cosine_cost() -> None:
+    wmd = WMD(KeyedWordVectors({"a": [1.0, 0.0], "b": [0.0, 5.0]}), metric="cosine")
+    assert wmd("a", "b") == pytest.approx(1.0)
+    with pytest.raises(ConfigError):
+        WMD(KeyedWordVectors({"a": [1.0]}), metric="manhattan")  # type: ignore[arg-type]
+
+
+# -- word vectors ------------------------------------------------------------------------------------
+
+
+def test_embedding_word_vectors_are_mean_of_token_embeddings(tiny: Any) -> None:
+    vecs = EmbeddingWordVectors(tiny)
+    (paris,) = vecs.lookup(["paris"])
+    ids = tiny.tokenizer(" paris", add_special_tokens=False)["input_ids"]
+    weight = tiny.model.get_input_embeddings().weight.detach().numpy()
+    assert paris is not None and paris.shape == (weight.shape[1],)
+    np.testing.assert_allclose(paris, weight[ids].mean(axis=0), rtol=1e-6)
+    assert vecs.name == "input-embeddings:tiny-llama"
+
+
+def test_make_word_vectors_specs(tiny: Any) -> None:
+    assert isinstance(make_word_vectors(None, surrogate=tiny), EmbeddingWordVectors)
+    assert isinstance(make_word_vectors({"a": [1.0]}), KeyedWordVectors)
+    fn = make_word_vectors(lambda w: [1.0, 2.0] if w == "a" else None)
+    assert isinstance(fn, CallableWordVectors)
+    assert fn.lookup(["a", "b"])[1] is None
+    with pytest.raises(ConfigError, match="local surrogate"):
+        make_word_vectors(None, surrogate=object())
+    with pytest.raises(ConfigError):
+        make_word_vectors(42)
+    with pytest.raises(ConfigError):
+        KeyedWordVectors({})
+
+
+# -- gSMILE ------------------------------------------------------------------------------------------
+
+
+def test_target_and_kernel_definitions() -> None:
+    d = np.array([0.0, 0.5, 1.0])
+    inv = 1 / (d + 1e-8)
+    np.testing.assert_allclose(_target(d, "inverse"), (inv - inv.min()) / (inv.max() - inv.min()))
+    np.testing.assert_allclose(_target(d, "similarity"), [1.0, 0.5, 0.0])
+    np.testing.assert_allclose(_target(np.full(3, 0.3), "inverse"), [1.0, 1.0, 1.0])
+
+
+async def test_gsmile_recovers_planted_words() -> None:
+    closed = FunctionModel(planted)
+    prompt = build_prompt(QUESTION, features="words")
+    method = GSmile(word_vectors=hashed_vector)
+    answer = planted(list(prompt.render().messages), GenerationParams())
+    res = await method.attribute(prompt, answer, MethodParts(closed=closed, seed=1))
+    words = [f.text.lower() for f in prompt.features]
+    top2 = {words[i] for i in np.argsort(-res.attributions)[:2]}
+    assert top2 == {"paris", "seine"}
+    assert res.coefficients[words.index("paris")] > 0 and res.coefficients[words.index("seine")] > 0
+    assert len(closed.calls) == 64  # one call per distinct perturbation, none for the original
+    assert res.samples is not None and len(res.samples.masks) == 65 and res.samples.weights[0] == 0.0
+    assert res.attributions.sum() == pytest.approx(1.0)
+    # The masks are the seeded uniform masks: the same seed gives the same explanation.
+    again = await GSmile(word_vectors=hashed_vector).attribute(
+        prompt, answer, MethodParts(closed=FunctionModel(planted), seed=1)
+    )
+    np.testing.assert_allclose(again.coefficients, res.coefficients)
+
+
+async def test_gsmile_script_variant_also_recovers_planted_words() -> None:
+    prompt = build_prompt(QUESTION, features="words")
+    method = GSmile(word_vectors=hashed_vector, target="similarity", kernel_on="output")
+    answer = planted(list(prompt.render().messages), GenerationParams())
+    res = await method.attribute(prompt, answer, MethodParts(closed=FunctionModel(planted), seed=2))
+    words = [f.text.lower() for f in prompt.features]
+    assert {words[i] for i in np.argsort(-res.attributions)[:2]} == {"paris", "seine"}
+    assert method.config()["kernel_on"] == "output"
+
+
+async def test_gsmile_through_explainer_makes_65_closed_calls(tiny: Any) -> None:
+    closed = FunctionModel(planted, name="function:planted")
+    pricing = Pricing(overrides={"function:planted": Price(input_mtok=1.0, output_mtok=2.0)})
+    async with Explainer(closed=closed, surrogate=tiny, method="gsmile", pricing=pricing) as ex:
+        res = await ex.explain(QUESTION, features="words")
+    assert len(closed.calls) == 65
+    assert (res.counts.closed_calls, res.counts.cache_hits) == (65, 0)
+    assert res.counts.surrogate_sequences == 0
+    assert res.method == "gsmile" and res.config["word_vectors"] == "surrogate-input-embeddings"
+    assert len(res.attributions) == 12
+
+
+async def test_gsmile_needs_a_closed_model_and_valid_settings(tiny: Any) -> None:
+    prompt = build_prompt(QUESTION, features="words")
+    with pytest.raises(ConfigError, match="closed model"):
+        await GSmile().attribute(prompt, "x", MethodParts(scorer=tiny))
+    with pytest.raises(ConfigError):
+        GSmile(p=1.5)
+    with pytest.raises(ConfigError):
+        GSmile(kernel_on="input")  # type: ignore[arg-type]
+    assert isinstance(make_method("gsmile"), GSmile) and isinstance(make_method("closed-loo"), ClosedLoo)
+
+
+async def test_gsmile_failure_cancels_and_raises_typed_error() -> None:
+    def flaky(messages: list[Message], params: GenerationParams) -> str:
+        if "seine" not in messages[-1].content.lower():
+            raise RuntimeError("boom")
+        return "ok"
+
+    prompt = build_prompt(QUESTION, features="words")
+    with pytest.raises(AdapterError, match="boom") as info:
+        await GSmile(word_vectors=hashed_vector).attribute(
+            prompt, "ok", MethodParts(closed=FunctionModel(flaky))
+        )
+    assert "answers_received" in info.value.partial
+
+
+async def test_gsmile_budget_stops_the_closed_loop(tiny: Any) -> None:
+    closed = TestModel("the same answer", name="test:model")
+    async with Explainer(
+        closed=closed, surrogate=tiny, method="gsmile", budget=Budget(max_calls=10), pricing=FREE
+    ) as ex:
+        with pytest.raises(BudgetExceeded):
+            await ex.explain(QUESTION, features="words")
+    assert len(closed.calls) <= 10
+
+
+async def test_gsmile_uses_truncated_answers() -> None:
+    def cut(messages: list[Message], params: GenerationParams) -> Completion:
+        text = planted(messages, params)
+        raise TruncatedOutputError("cut", partial={"completion": Completion(text=text, model="m")})
+
+    prompt = build_prompt(QUESTION, features="words")
+    answer = planted(list(prompt.render().messages), GenerationParams())
+    res = await GSmile(word_vectors=hashed_vector).attribute(
+        prompt, answer, MethodParts(closed=FunctionModel(cut), seed=1)
+    )
+    words = [f.text.lower() for f in prompt.features]
+    assert {words[i] for i in np.argsort(-res.attributions)[:2]} == {"paris", "seine"}
+
+
+# -- closed-model LOO ------------------------------------------------------------------------------
+
+
+async def test_closed_loo_makes_m_calls_and_finds_planted_words() -> None:
+    closed = FunctionModel(planted)
+    prompt = build_prompt(QUESTION, features="words")
+    answer = planted(list(prompt.render().messages), GenerationParams())
+    res = await ClosedLoo(word_vectors=hashed_vector).attribute(prompt, answer, MethodParts(closed=closed))
+    words = [f.text.lower() for f in prompt.features]
+    assert len(closed.calls) == prompt.n_features
+    assert {words[i] for i in np.flatnonzero(res.coefficients > 0)} == {"paris", "seine"}
+    assert res.attributions[words.index("paris")] + res.attributions[words.index("seine")] == pytest.approx(
+        1.0
+    )
+
+
+async def test_repeated_prompts_are_requested_once() -> None:
+    closed = FunctionModel(planted)
+    prompt = build_prompt("the the cat", features="words")  # deleting either "the" gives "the cat"
+    answer = planted(list(prompt.render().messages), GenerationParams())
+    res = await ClosedLoo(word_vectors=hashed_vector).attribute(prompt, answer, MethodParts(closed=closed))
+    assert sorted(m.content for msgs, _ in closed.calls for m in msgs) == ["the cat", "the the"]
+    assert res.extras["closed_requests"] == 2 and len(res.extras["perturbed_answers"]) == 3
