@@ -176,7 +176,9 @@ def test_anyio_run_from_plain_code(tiny: Any) -> None:
     assert isinstance(anyio.run(go, backend="trio"), Explanation)
 
 
-async def test_explain_many_progress_bar_and_aggregate_cost(tiny: Any, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_explain_many_progress_bar_and_aggregate_cost(
+    tiny: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     examples = [{"question": QUESTION, "context": CONTEXT}] * 3
     async with Explainer(closed=TestModel("Paris."), surrogate=tiny, cache=False) as ex:
         out = await ex.explain_many(examples, concurrency=3, progress=True)
