@@ -42,13 +42,16 @@ def settings(sweep: str, n_layers: int) -> dict[str, dict[str, Any]]:
         return {f"kernel={k}": {"kernel": k} for k in ("rwmd", "cosine", "none")}
     if sweep == "kc":
         return {f"k={k},c={c}": {"sampler": SparseK(k=k, c=c)} for k in K_RULES for c in C_RULES}
+    if sweep == "kc-small":
+        return {f"k={k},c={c}": {"sampler": SparseK(k=k, c=c)} for k in K_RULES for c in ("M", "0.5M")}
     if sweep == "target":
         return {f"target={t}": {"target": t} for t in ("kl", "delta_nll")}
     raise SystemExit(f"unknown sweep {sweep}")
 
 
 async def main(args: argparse.Namespace) -> None:
-    examples = stratified(load_hotpotqa(protocol="paper", split="tune"), args.n)
+    pool = (e for e in load_hotpotqa(protocol="paper", split="tune") if e.n_features <= args.max_m)
+    examples = stratified(pool, args.n)
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     async with Explainer() as ex:
@@ -95,6 +98,7 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--sweep", choices=["layer", "mode", "kernel", "kc", "target"], required=True)
+    p.add_argument("--sweep", choices=["layer", "mode", "kernel", "kc", "kc-small", "target"], required=True)
     p.add_argument("--n", type=int, default=40)
+    p.add_argument("--max-m", type=int, default=10**9, help="only examples with at most this many features")
     anyio.run(main, p.parse_args())

@@ -23,8 +23,11 @@ from .base import MethodParts, MethodResult
 __all__ = ["DEFAULT_LAYER", "RopeLime", "RopeLimeConfig"]
 
 #: Layer whose post-RoPE keys build span embeddings, as a relative depth (0.0 = first layer,
-#: 1.0 = last; an int picks an absolute layer). Chosen by measurement on the `tune` split of the
-#: HotpotQA dev data (benchmarks/choose_defaults.py; figures in the README).
+#: 1.0 = last; an int picks an absolute layer). Measured on the `tune` split of the HotpotQA dev
+#: data (benchmarks/choose_defaults.py --sweep layer, SmolLM2 layers 1, 2, 4, 7, 15, 22, 29 on 10
+#: examples): mean AUROC/IoU were identical to three decimals for every layer (0.746 / 0.570) —
+#: with σ = median distance the RWMD weights sit near e^-1 ± 10 % and move the fit very little. An
+#: early layer (≈ 10 % depth, layer 3 of SmolLM2's 30) is kept: its keys are closest to the tokens.
 DEFAULT_LAYER: float = 0.1
 
 
