@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,14 +19,18 @@ from ..errors import (
     InvalidResponseError,
     LogprobsUnavailableError,
     RateLimitError,
+    RequestTimeoutError,
+    TransportError,
 )
 from ._retry import RetryableFailure, is_retryable_status, parse_retry_after
 
 __all__ = [
+    "SDKErrors",
     "check_base_url",
     "parse_json_object",
     "redact",
     "resolve_api_key",
+    "sdk_failure",
     "status_failure",
 ]
 
@@ -133,6 +138,53 @@ def status_failure(
     if retryable:
         return RetryableFailure(error, retry_after=parse_retry_after(headers))
     return error
+
+
+@dataclass(frozen=True)
+class SDKErrors:
+    """An official SDK's exception classes (``timeout`` must subclass ``connection``)."""
+
+    timeout: type[Exception]
+    connection: type[Exception]
+    status: type[Exception]
+    base: type[Exception]
+
+
+def sdk_failure(
+    exc: Exception,
+    errors: SDKErrors,
+    *,
+    label: str,
+    provider: str,
+    timeout: float | None,
+    secret: SecretStr | None,
+    logprobs_requested: bool = False,
+) -> AdapterError | RetryableFailure:
+    """Translate an SDK exception: timeouts and connection failures become retryable, HTTP
+    statuses are classified by :func:`status_failure`, anything else is a final :class:`AdapterError`.
+    Messages never contain the key."""
+    if isinstance(exc, errors.timeout):
+        return RetryableFailure(
+            RequestTimeoutError(f"{label}: an attempt got no answer within {timeout} s", provider=provider)
+        )
+    if isinstance(exc, errors.connection):
+        return RetryableFailure(
+            TransportError(f"{label}: connection failed ({redact(str(exc), secret)})", provider=provider)
+        )
+    if isinstance(exc, errors.status):
+        err: Any = exc
+        return status_failure(
+            status=err.status_code,
+            headers=err.response.headers,
+            body=err.body,
+            fallback_message=err.message,
+            label=label,
+            provider=provider,
+            request_id=err.request_id,
+            secret=secret,
+            logprobs_requested=logprobs_requested,
+        )
+    return AdapterError(f"{label}: {redact(str(exc), secret)}", provider=provider)
 
 
 def parse_json_object(text: str, *, label: str, provider: str) -> dict[str, Any]:

@@ -14,16 +14,19 @@ import anthropic
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from ..errors import (
-    AdapterError,
     ConfigError,
     InputError,
     InvalidResponseError,
     LogprobsUnavailableError,
-    RequestTimeoutError,
-    TransportError,
     TruncatedOutputError,
 )
-from ._common import check_base_url, parse_json_object, redact, resolve_api_key, status_failure
+from ._common import (
+    SDKErrors,
+    check_base_url,
+    parse_json_object,
+    resolve_api_key,
+    sdk_failure,
+)
 from ._retry import RetryableFailure, RetryPolicy, call_with_retries
 from .base import Completion, GenerationParams, Message, Usage
 
@@ -40,6 +43,13 @@ _FINISH = {
     "model_context_window_exceeded": "length",
     "refusal": "refusal",
 }
+
+_SDK_ERRORS = SDKErrors(
+    timeout=anthropic.APITimeoutError,
+    connection=anthropic.APIConnectionError,
+    status=anthropic.APIStatusError,
+    base=anthropic.AnthropicError,
+)
 
 
 class _Lenient(BaseModel):
@@ -188,30 +198,14 @@ class AnthropicModel:
         try:
             raw = await client.messages.with_raw_response.create(**kwargs)
             text = (await raw.read()).decode("utf-8", errors="replace")
-        except anthropic.APITimeoutError as exc:
-            timed_out = RequestTimeoutError(
-                f"{self.name}: an attempt got no answer within {self.timeout} s", provider=self.provider
-            )
-            raise RetryableFailure(timed_out) from exc
-        except anthropic.APIConnectionError as exc:
-            error = TransportError(
-                f"{self.name}: connection failed ({redact(str(exc), self._api_key)})", provider=self.provider
-            )
-            raise RetryableFailure(error) from exc
-        except anthropic.APIStatusError as exc:
-            raise status_failure(
-                status=exc.status_code,
-                headers=exc.response.headers,
-                body=exc.body,
-                fallback_message=exc.message,
+        except anthropic.AnthropicError as exc:
+            raise sdk_failure(
+                exc,
+                _SDK_ERRORS,
                 label=self.name,
                 provider=self.provider,
-                request_id=exc.request_id,
+                timeout=self.timeout,
                 secret=self._api_key,
-            ) from exc
-        except anthropic.AnthropicError as exc:
-            raise AdapterError(
-                f"{self.name}: {redact(str(exc), self._api_key)}", provider=self.provider
             ) from exc
         data = parse_json_object(text, label=self.name, provider=self.provider)
         try:

@@ -25,11 +25,15 @@ from ..errors import (
     InputError,
     InvalidResponseError,
     LogprobsUnavailableError,
-    RequestTimeoutError,
-    TransportError,
     TruncatedOutputError,
 )
-from ._common import check_base_url, parse_json_object, redact, resolve_api_key, status_failure
+from ._common import (
+    SDKErrors,
+    check_base_url,
+    parse_json_object,
+    resolve_api_key,
+    sdk_failure,
+)
 from ._retry import RetryableFailure, RetryPolicy, call_with_retries
 from .base import Completion, GenerationParams, Message, TokenLogprob, Usage
 
@@ -49,6 +53,13 @@ RESPONSES_ONLY_PREFIXES: tuple[str, ...] = (
 )
 
 _SPEC = re.compile(r"^(?P<model>.+)@(?P<url>https?://.+)$")
+
+_SDK_ERRORS = SDKErrors(
+    timeout=openai.APITimeoutError,
+    connection=openai.APIConnectionError,
+    status=openai.APIStatusError,
+    base=openai.OpenAIError,
+)
 
 
 # ---------------------------------------------------------------- response schemas (the subset we read)
@@ -354,31 +365,15 @@ class OpenAIModel:
                 raw = await client.chat.completions.with_raw_response.create(**body, **extra)
             else:
                 raw = await client.responses.with_raw_response.create(**body, **extra)
-        except openai.APITimeoutError as exc:
-            timed_out = RequestTimeoutError(
-                f"{self.name}: an attempt got no answer within {self.timeout} s", provider=self.provider
-            )
-            raise RetryableFailure(timed_out) from exc
-        except openai.APIConnectionError as exc:
-            error = TransportError(
-                f"{self.name}: connection failed ({redact(str(exc), self._api_key)})", provider=self.provider
-            )
-            raise RetryableFailure(error) from exc
-        except openai.APIStatusError as exc:
-            raise status_failure(
-                status=exc.status_code,
-                headers=exc.response.headers,
-                body=exc.body,
-                fallback_message=exc.message,
+        except openai.OpenAIError as exc:
+            raise sdk_failure(
+                exc,
+                _SDK_ERRORS,
                 label=self.name,
                 provider=self.provider,
-                request_id=exc.request_id,
+                timeout=self.timeout,
                 secret=self._api_key,
                 logprobs_requested=params.logprobs,
-            ) from exc
-        except openai.OpenAIError as exc:
-            raise AdapterError(
-                f"{self.name}: {redact(str(exc), self._api_key)}", provider=self.provider
             ) from exc
         data = parse_json_object(raw.text, label=self.name, provider=self.provider)
         if self.api == "chat":
