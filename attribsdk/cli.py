@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .errors import AttribError
+from ._cli_common import fail as _fail
+from ._cli_common import guard
 
 app = typer.Typer(
     name="attribsdk",
@@ -17,11 +18,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _run_explain(
@@ -35,21 +31,6 @@ def _run_explain(
         typer.echo(res.model_dump_json(indent=2))
     else:
         typer.echo(res.table(top))
-
-
-def _guard(fn: Any, *args: Any, debug: bool = False) -> None:
-    try:
-        fn(*args)
-    except typer.Exit:
-        raise
-    except AttribError as exc:
-        if debug:
-            raise
-        _fail(f"{type(exc).__name__}: {exc.message}")
-    except Exception as exc:
-        if debug:
-            raise
-        _fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for a traceback)", code=1)
 
 
 @app.command()
@@ -106,7 +87,7 @@ def explain(
             top,
         )
 
-    _guard(run, debug=debug)
+    guard(run, debug=debug)
 
 
 @app.command()
@@ -122,7 +103,7 @@ def demo(
             typer.echo(f"Question: {QUESTION}\n")
         _run_explain({"question": QUESTION, "context": CONTEXT, "features": "sentences"}, {}, as_json, None)
 
-    _guard(run, debug=debug)
+    guard(run, debug=debug)
 
 
 def _mount_optional() -> None:

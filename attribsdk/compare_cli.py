@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from ._cli_common import fail
 from .errors import AttribError
 
 app = typer.Typer(
@@ -77,12 +78,10 @@ def compare(
         )
         report = run_compare(config, out)
     except ValidationError as exc:
-        typer.echo(f"error: invalid option: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(f"invalid option: {exc}")
     except AttribError as exc:
         if debug:
             raise
-        typer.echo(f"error: {type(exc).__name__}: {exc.message}", err=True)
-        raise typer.Exit(2) from None
+        fail(f"{type(exc).__name__}: {exc.message}")
     typer.echo(format_table(report))
     typer.echo(f"\nwrote {out / 'compare.json'} and {out / 'compare.png'}")

@@ -24,6 +24,7 @@ from .errors import AttribError, ConfigError, InputError, ScoringError
 from .explanation import Counts, Explanation, Timings
 from .methods import Method, MethodParts, make_method
 from .prompt import Example, Prompt, build_prompt
+from .views.progress import progress_bar
 
 if TYPE_CHECKING:
     from .scoring.base import Scorer
@@ -360,7 +361,7 @@ class Explainer:
             raise ConfigError("concurrency must be ≥ 1")
         results: list[Explanation | AttribError | None] = [None] * len(items)
         limiter = anyio.CapacityLimiter(concurrency)
-        bar = _progress(len(items), progress)
+        bar = progress_bar(len(items), progress, description="explaining")
 
         async def run_one(i: int, ex: Example) -> None:
             async with limiter:
@@ -422,28 +423,3 @@ class Explainer:
     ) -> list[Explanation | AttribError]:
         result: list[Explanation | AttribError] = self._call(self.explain_many, list(examples), **kw)
         return result
-
-
-def _progress(total: int, enabled: bool) -> Callable[..., None]:
-    """A rich progress bar advanced by ``bar(n)``; ``bar(0, close=True)`` stops it."""
-    if not enabled or total == 0:
-        return lambda n, close=False: None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    prog = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        transient=False,
-    )
-    task = prog.add_task("explaining", total=total)
-    prog.start()
-
-    def advance(n: int, close: bool = False) -> None:
-        if n:
-            prog.advance(task, n)
-        if close:
-            prog.stop()
-
-    return advance

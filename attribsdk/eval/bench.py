@@ -27,6 +27,7 @@ each bucket of M).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -47,6 +48,7 @@ from ..adapters.base import ClosedModel, GenerationParams, Message
 from ..errors import AttribError, ConfigError, InputError
 from ..methods import Method, make_method
 from ..sampling import CRule, KRule
+from ..views.progress import progress_bar
 from .datasets import BUCKETS, LabeledExample, load_dataset, split_of
 from .faithfulness import FaithfulnessConfig, evaluate_faithfulness
 from .metrics import plausibility
@@ -686,28 +688,4 @@ async def _explain_row(
     }
 
 
-def _progress_bar(total: int, enabled: bool) -> Callable[..., None]:
-    """A rich progress bar on stderr advanced by ``bar(n)``; ``bar(0, close=True)`` stops it."""
-    if not enabled or total == 0:
-        return lambda n, close=False: None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
-
-    prog = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
-    task = prog.add_task("benchmark", total=total)
-    prog.start()
-
-    def advance(n: int, close: bool = False) -> None:
-        if n:
-            prog.advance(task, n)
-        if close:
-            prog.stop()
-
-    return advance
+_progress_bar = functools.partial(progress_bar, description="benchmark", stderr=True)

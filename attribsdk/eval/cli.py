@@ -16,7 +16,10 @@ from typing import Annotated, Any
 
 import typer
 
-from ..errors import AttribError
+from .._cli_common import fail as _fail
+from .._cli_common import guard
+
+_INTERRUPTED = "interrupted; finished rows are kept, continue with --resume"
 
 app = typer.Typer(
     name="bench",
@@ -25,28 +28,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _guard(fn: Any, debug: bool) -> None:
-    try:
-        fn()
-    except typer.Exit:
-        raise
-    except AttribError as exc:
-        if debug:
-            raise
-        _fail(f"{type(exc).__name__}: {exc.message}")
-    except KeyboardInterrupt:
-        _fail("interrupted; finished rows are kept, continue with --resume", code=130)
-    except Exception as exc:
-        if debug:
-            raise
-        _fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for a traceback)", code=1)
 
 
 _METHODS_HELP = (
@@ -162,7 +143,7 @@ def run(
         if result.report is not None:
             typer.echo(f"report: {result.report.markdown}")
 
-    _guard(go, debug)
+    guard(go, debug=debug, interrupted=_INTERRUPTED)
 
 
 @app.command()
@@ -180,4 +161,4 @@ def report(
         paths = write_report(out, reference=reference, plots=plots)
         typer.echo(f"wrote {paths.markdown}, {paths.json} and {len(paths.plots)} plots")
 
-    _guard(go, debug)
+    guard(go, debug=debug, interrupted=_INTERRUPTED)
