@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,12 +21,15 @@ from ..errors import (
     RateLimitError,
     RequestTimeoutError,
     TransportError,
+    TruncatedOutputError,
 )
-from ._retry import RetryableFailure, is_retryable_status, parse_retry_after
+from ._retry import RetryableFailure, RetryPolicy, call_with_retries, is_retryable_status, parse_retry_after
+from .base import Completion
 
 __all__ = [
     "SDKErrors",
     "check_base_url",
+    "complete_with_retries",
     "parse_json_object",
     "redact",
     "resolve_api_key",
@@ -185,6 +188,31 @@ def sdk_failure(
             logprobs_requested=logprobs_requested,
         )
     return AdapterError(f"{label}: {redact(str(exc), secret)}", provider=provider)
+
+
+async def complete_with_retries(
+    attempt: Callable[[], Awaitable[Completion]],
+    retry: RetryPolicy,
+    *,
+    label: str,
+    provider: str,
+    allow_truncated: bool,
+    max_tokens: int,
+) -> Completion:
+    """Run ``attempt`` under ``retry``, record the HTTP attempts in the completion, and refuse an
+    answer cut at ``max_tokens`` (:class:`TruncatedOutputError`, answer kept in ``partial``) unless
+    ``allow_truncated``."""
+    completion, attempts = await call_with_retries(attempt, retry, label=label)
+    completion = completion.model_copy(update={"attempts": attempts})
+    if completion.finish_reason == "length" and not allow_truncated:
+        raise TruncatedOutputError(
+            f"{label}: the answer was cut at max_tokens={max_tokens}; raise max_tokens "
+            "or allow truncated answers",
+            partial={"completion": completion},
+            attempts=attempts,
+            provider=provider,
+        )
+    return completion
 
 
 def parse_json_object(text: str, *, label: str, provider: str) -> dict[str, Any]:

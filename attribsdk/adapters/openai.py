@@ -25,16 +25,16 @@ from ..errors import (
     InputError,
     InvalidResponseError,
     LogprobsUnavailableError,
-    TruncatedOutputError,
 )
 from ._common import (
     SDKErrors,
     check_base_url,
+    complete_with_retries,
     parse_json_object,
     resolve_api_key,
     sdk_failure,
 )
-from ._retry import RetryableFailure, RetryPolicy, call_with_retries
+from ._retry import RetryableFailure, RetryPolicy
 from .base import Completion, GenerationParams, Message, TokenLogprob, Usage
 
 __all__ = ["RESPONSES_ONLY_PREFIXES", "OpenAIModel"]
@@ -280,17 +280,14 @@ class OpenAIModel:
         async def attempt() -> Completion:
             return await self._attempt(body, params)
 
-        completion, attempts = await call_with_retries(attempt, self.retry, label=self.name)
-        completion = completion.model_copy(update={"attempts": attempts})
-        if completion.finish_reason == "length" and not self.allow_truncated:
-            raise TruncatedOutputError(
-                f"{self.name}: the answer was cut at max_tokens={params.max_tokens}; raise max_tokens "
-                "or allow truncated answers",
-                partial={"completion": completion},
-                attempts=attempts,
-                provider=self.provider,
-            )
-        return completion
+        return await complete_with_retries(
+            attempt,
+            self.retry,
+            label=self.name,
+            provider=self.provider,
+            allow_truncated=self.allow_truncated,
+            max_tokens=params.max_tokens,
+        )
 
     async def aclose(self) -> None:
         """Close the SDK client (and the ``http_client`` given to it)."""
