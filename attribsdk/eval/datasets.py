@@ -106,16 +106,34 @@ def data_dir() -> Path:
     return Path("shared/data")
 
 
-def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+def _rows(
+    path: Path, split: str, *, id_key: str = "id", unique: bool = False
+) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """``(where, id, row)`` for each JSON object of ``path`` in ``split``; ``where`` is
+    ``"<path>:<line>"`` for error messages. Every row needs ``id_key``; ``unique`` also rejects
+    duplicate ids (checked over the whole file, before the split filter)."""
     if not path.is_file():
         raise InputError(f"dataset file not found: {path} (set ATTRIBSDK_DATA_DIR or pass a path)")
+    seen: set[str] = set()
     with path.open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}:{n}: invalid JSON ({exc.msg})") from exc
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{where}: invalid JSON ({exc.msg})") from exc
+            if not isinstance(row, dict):
+                raise InputError(f"{where}: each line must be a JSON object")
+            ex_id = str(_field(row, id_key, where))
+            if unique:
+                if ex_id in seen:
+                    raise InputError(f"{where}: duplicate id {ex_id!r}")
+                seen.add(ex_id)
+            if split != "all" and split_of(ex_id) != split:
+                continue
+            yield where, ex_id, row
 
 
 def load_hotpotqa(
@@ -134,11 +152,8 @@ def load_hotpotqa(
     whose title is fixed text.
     """
     p = Path(path) if path is not None else data_dir() / "hotpotqa_dev_distractor.dev.jsonl"
-    for row in _read_jsonl(p):
+    for _, ex_id, row in _rows(p, split, id_key="_id"):
         if len(row["context"]) != 10:
-            continue
-        ex_id = str(row["_id"])
-        if split != "all" and split_of(ex_id) != split:
             continue
         facts = {(t, int(i)) for t, i in row["supporting_facts"]}
         gold_titles = {t for t, _ in facts}
@@ -195,11 +210,7 @@ def load_mmlu_words(
     and choice, e.g. ``"C. Uranium"``. ``template`` must contain ``{question}`` and ``{choices}``.
     """
     p = Path(path) if path is not None else data_dir() / "mmlu_misc_word_labels.dev.jsonl"
-    for n, row in enumerate(_read_jsonl(p), 1):
-        where = f"{p}:{n}"
-        ex_id = str(_field(row, "id", where))
-        if split != "all" and split_of(ex_id) != split:
-            continue
+    for where, ex_id, row in _rows(p, split):
         question = _field(row, "question", where)
         choices = _field(row, "choices", where)
         if not isinstance(question, str) or not isinstance(choices, list) or not choices:
@@ -271,11 +282,7 @@ def load_eraser_movies(
     if granularity not in ("tokens", "words"):
         raise InputError(f"granularity must be 'tokens' or 'words', got {granularity!r}")
     p = Path(path) if path is not None else data_dir() / "eraser_movies_rationales.dev.jsonl"
-    for n, row in enumerate(_read_jsonl(p), 1):
-        where = f"{p}:{n}"
-        ex_id = str(_field(row, "id", where))
-        if split != "all" and split_of(ex_id) != split:
-            continue
+    for where, ex_id, row in _rows(p, split):
         tokens = _field(row, "tokens", where)
         mask = _field(row, "rationale_mask", where)
         if not isinstance(tokens, list) or not isinstance(mask, list) or len(tokens) != len(mask):
@@ -347,17 +354,7 @@ def load_jsonl(
     """
     p = Path(path)
     name = dataset or p.stem
-    seen: set[str] = set()
-    for n, row in enumerate(_read_jsonl(p), 1):
-        where = f"{p}:{n}"
-        if not isinstance(row, dict):
-            raise InputError(f"{where}: each line must be a JSON object")
-        ex_id = str(_field(row, "id", where))
-        if ex_id in seen:
-            raise InputError(f"{where}: duplicate id {ex_id!r}")
-        seen.add(ex_id)
-        if split != "all" and split_of(ex_id) != split:
-            continue
+    for where, ex_id, row in _rows(p, split, unique=True):
         features = row.get("features", "sentences")
         if not isinstance(features, str):
             features = _spans_json(features, where)
