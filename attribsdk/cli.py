@@ -57,7 +57,7 @@ def explain(
     system: Annotated[str | None, typer.Option(help="System prompt (fixed, not a feature).")] = None,
     seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
-    dtype: Annotated[str, typer.Option(help="float32 | bfloat16")] = "float32",
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
     top: Annotated[int | None, typer.Option(help="Show only the top N features.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the Explanation as JSON.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,

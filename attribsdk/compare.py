@@ -83,7 +83,7 @@ class CompareConfig(BaseModel):
     concurrency: int = Field(default=2, ge=1)
     max_tokens: int = Field(default=64, ge=1)
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "auto"
 
 
 class MethodSummary(BaseModel):

@@ -51,7 +51,7 @@ def compare(
     concurrency: Annotated[int, typer.Option(help="Examples in flight per method.")] = 2,
     max_tokens: Annotated[int, typer.Option(help="max_tokens of every closed call.")] = 64,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
-    dtype: Annotated[str, typer.Option(help="float32 | bfloat16")] = "float32",
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Explain N examples with each method; print the table, write compare.json and compare.png."""

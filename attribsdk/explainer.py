@@ -48,8 +48,8 @@ class Explainer:
         surrogate: the local surrogate — a name (``"smollm2"``, ``"gemma3-270m"``), a directory or
             a ``.gguf`` path, or any :class:`~attribsdk.scoring.base.Scorer`.
         method: a method name (``"rope-lime"``, ``"rope-lime-loo"``) or instance.
-        device, dtype: where and how local models run (``"auto"``: cuda > mps > cpu; ``"float32"``
-            by default, ``"bfloat16"`` opt-in).
+        device, dtype: where and how local models run (``"auto"``: cuda > mps > cpu; dtype
+            ``"auto"`` is float32 on CPU, bfloat16 on CUDA; ``"bfloat16"`` on CPU is opt-in).
         seed: default seed of the perturbation sampler.
         params: generation parameters for the closed call.
         store: a :class:`~attribsdk.scoring.models.ModelStore` to share loaded models between
@@ -74,7 +74,7 @@ class Explainer:
         method: str | Method = "rope-lime",
         *,
         device: str = "auto",
-        dtype: str = "float32",
+        dtype: str = "auto",
         seed: int = 0,
         params: GenerationParams | None = None,
         store: ModelStore | None = None,
@@ -330,6 +330,9 @@ class Explainer:
             usage=cost.tokens,
             cost=cost,
             timings=timings,
+            engine={
+                k: v for k, v in result.extras.items() if v is None or isinstance(v, bool | int | float | str)
+            },
             samples=result.samples,
         )
 

@@ -90,6 +90,10 @@ class Explanation(BaseModel):
     #: Closed-model calls of this explanation: tokens, dollars, avoided dollars, price source.
     cost: CostReport = CostReport()
     timings: Timings = Timings()
+    #: What the surrogate engine reported: micro-batches, padding fraction, tokens fed
+    #: (``computed_tokens``) vs taken from the reference's cache (``reused_prefix_tokens``), peak
+    #: memory, device and dtype (plain JSON values only; empty for closed-loop methods).
+    engine: dict[str, Any] = Field(default_factory=dict)
     samples: Samples | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 

@@ -193,3 +193,30 @@ def _merges_from_json() -> list[str]:
 
     merges = json.loads(_trained_tokenizer_json())["model"]["merges"]
     return [m if isinstance(m, str) else " ".join(m) for m in merges]
+
+
+def tiny_gemma3(vocab_size: int, *, seed: int = 0, sliding_window: int = 8) -> Any:
+    """A random 2-layer Gemma 3 text model whose first layer uses a sliding attention window of
+    ``sliding_window`` tokens (the second is global), to exercise windowed attention."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=sliding_window,
+        layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=512,
+        initializer_range=0.2,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    model: Any = Gemma3ForCausalLM(config)
+    return model.eval()

@@ -41,7 +41,7 @@ class LocalClosedModel:
         *,
         store: ModelStore | None = None,
         device: str = "auto",
-        dtype: str = "float32",
+        dtype: str = "auto",
     ) -> None:
         self._spec = model
         self._handle: TextGenerator | None = None if isinstance(model, str) else model

@@ -267,7 +267,7 @@ class BenchConfig(_Model):
     faithfulness_scores: Literal["attributions", "coefficients"] = "coefficients"
     concurrency: int = Field(default=2, ge=1)
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "auto"
 
     @field_validator("methods")
     @classmethod

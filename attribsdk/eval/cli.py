@@ -58,7 +58,9 @@ MaxTokens = Annotated[int | None, typer.Option(help="eraser-movies: first N toke
 PlausOn = Annotated[str, typer.Option(help="attributions | coefficients (ranked by IoU/F1/AUROC).")]
 Concurrency = Annotated[int, typer.Option(help="Examples in flight at once.")]
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | mps")]
-Dtype = Annotated[str, typer.Option(help="float32 | bfloat16")]
+Dtype = Annotated[
+    str, typer.Option(help="auto (float32 on CPU, bfloat16 on CUDA) | float32 | bfloat16 | float16")
+]
 Resume = Annotated[bool, typer.Option(help="Continue the run in --out, skipping finished rows.")]
 Reference = Annotated[Path | None, typer.Option(help="JSON file of published reference points.")]
 ShowProgress = Annotated[bool, typer.Option(help="Show a progress bar.")]
@@ -89,7 +91,7 @@ def run(
     plausibility_on: PlausOn = "attributions",
     concurrency: Concurrency = 2,
     device: Device = "auto",
-    dtype: Dtype = "float32",
+    dtype: Dtype = "auto",
     resume: Resume = False,
     reference: Reference = None,
     progress: ShowProgress = True,

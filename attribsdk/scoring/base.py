@@ -60,7 +60,9 @@ class ScoreResult:
     #: no capture was requested.
     spans: list[list[Any | None]] | None
     rotary_pairing: RotaryPairing = "half"
-    #: Sequences and (non-padding) tokens run through the model.
+    #: Sequences scored and their tokens (prompt + answer each, padding excluded). The engine feeds
+    #: fewer tokens than that when it reuses the reference's cached prefix: see
+    #: ``extras["computed_tokens"]`` and ``extras["reused_prefix_tokens"]``.
     n_sequences: int = 0
     n_tokens: int = 0
     seconds: float = 0.0

@@ -14,7 +14,7 @@ no global state to leak between calls or threads; with no recorder active the fu
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Literal
@@ -32,18 +32,18 @@ ATTENTION_NAME = "attribsdk_capture"
 
 
 class Recorder:
-    """Receives the post-rotary tensor of one layer during one forward pass.
+    """Receives post-rotary tensors during forward passes.
 
-    ``tensor`` is ``[batch, heads, seq, head_dim]`` in the model's dtype: keys have one head per KV
-    head, queries one per attention head.
+    ``wanted`` holds ``(layer_idx, "key" | "query")`` pairs; ``tensors[(layer, which)]`` is
+    ``[batch, heads, seq, head_dim]`` in the model's dtype after a forward pass: keys have one head per
+    KV head, queries one per attention head. With a KV cache the keys cover the cached positions too.
     """
 
-    __slots__ = ("layer_idx", "tensor", "which")
+    __slots__ = ("tensors", "wanted")
 
-    def __init__(self, layer_idx: int, which: Literal["key", "query"]) -> None:
-        self.layer_idx = layer_idx
-        self.which = which
-        self.tensor: torch.Tensor | None = None
+    def __init__(self, wanted: Iterable[tuple[int, Literal["key", "query"]]]) -> None:
+        self.wanted: frozenset[tuple[int, Literal["key", "query"]]] = frozenset(wanted)
+        self.tensors: dict[tuple[int, str], torch.Tensor] = {}
 
 
 _ACTIVE: ContextVar[Recorder | None] = ContextVar("attribsdk_capture_recorder", default=None)
@@ -62,8 +62,12 @@ def _capture_attention(
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     recorder = _ACTIVE.get()
-    if recorder is not None and getattr(module, "layer_idx", None) == recorder.layer_idx:
-        recorder.tensor = query if recorder.which == "query" else key
+    if recorder is not None:
+        layer = int(getattr(module, "layer_idx", -1))
+        if (layer, "key") in recorder.wanted:
+            recorder.tensors[(layer, "key")] = key
+        if (layer, "query") in recorder.wanted:
+            recorder.tensors[(layer, "query")] = query
     out: tuple[torch.Tensor, torch.Tensor | None] = sdpa_attention_forward(
         module, query, key, value, attention_mask, **kwargs
     )
@@ -104,9 +108,10 @@ def enable_capture(model: Any) -> None:
 
 
 @contextmanager
-def recording(layer_idx: int, which: Literal["key", "query"]) -> Iterator[Recorder]:
-    """Record ``which`` of absolute layer ``layer_idx`` for forward passes run inside the block."""
-    recorder = Recorder(layer_idx, which)
+def recording(wanted: Iterable[tuple[int, Literal["key", "query"]]]) -> Iterator[Recorder]:
+    """Record the ``(absolute layer, "key" | "query")`` tensors in ``wanted`` for forward passes run
+    inside the block."""
+    recorder = Recorder(wanted)
     token = _ACTIVE.set(recorder)
     try:
         yield recorder

@@ -1,19 +1,35 @@
 """Teacher-force one fixed answer under many prompts and score each prompt against the reference.
 
-For every prompt the chat is rendered, tokenised and followed by the answer's tokens (tokenised once).
-Sequences are packed into micro-batches by a token budget, sorted by length to cut padding, padded on
-the right with explicit ``position_ids = cumsum(mask) - 1`` so a sequence gets the same RoPE positions
-(and, in float32, the same numbers to ~1e-5) whatever batch it lands in. The base model runs for
-hidden states; the LM head runs only on the T positions that predict answer tokens, never on the whole
-sequence (Gemma's 262k vocabulary would need gigabytes). The reference prompt (``prompts[0]``) is run
-in the first micro-batch so every later row can be compared with it as soon as it is computed.
+How the work is laid out (each step measured on the HotpotQA dev data, see benchmarks/bench_engine.py):
+
+* **Reference first, its KV cache kept.** ``prompts[0]`` (the unmasked prompt) runs first and its
+  per-layer keys/values are kept. A perturbed prompt is identical to the reference up to its first
+  masked feature, so that *shared prefix* (chat template, system prompt, instructions and every
+  feature before the first masked one) is never recomputed: each row feeds only its own suffix and
+  attends to the reference's cached keys/values. The cache block is right-aligned per row (padding
+  on its left, masked out), so relative distances -- and sliding attention windows -- are exact.
+  Results equal the no-reuse path within fp32 tolerance (tests/unit/test_engine.py).
+* **Length-aware micro-batches.** Rows are sorted by suffix length and packed greedily while a batch
+  has at most ``max_sequences`` rows and ``rows * longest suffix <= max_tokens``; padding is on the
+  right with explicit ``position_ids`` so a row gets its true RoPE positions in any batch. The padding
+  fraction is reported.
+* **Answer-only head.** The decoder runs for hidden states; the LM head runs only on the T positions
+  that predict answer tokens, in row chunks bounded by ``max_logit_elements`` -- never over the whole
+  sequence (Gemma's 262k vocabulary would need gigabytes).
+* **Many requests, one queue.** :class:`Scheduler` holds any number of requests and fills each
+  micro-batch from all of them (cross-example batching; every row brings its own request's cache);
+  :class:`~attribsdk.scoring.queue.ScoringQueue` runs it on a worker thread.
+* **Out of memory is not a crash.** A batch that runs out of memory is split in halves and retried;
+  only a single row that still does not fit fails, with :class:`~attribsdk.errors.ScoringError`.
 """
 
 from __future__ import annotations
 
+import resource
+import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,9 +37,9 @@ import torch
 
 from ..errors import AttribError, ConfigError, ContextWindowError, InputError, ScoringError
 from ..prompt import RenderedPrompt
-from .base import ScoreResult, ScoringRequest
+from .base import CaptureSpec, ScoreResult, ScoringRequest
 from .capture import recording, resolve_layer, span_embeddings
-from .targets import get_target
+from .targets import TargetFn, get_target
 
 if TYPE_CHECKING:
     from .models import LocalModel
@@ -32,8 +48,12 @@ __all__ = [
     "ACCELERATOR_BATCH_LIMITS",
     "CPU_BATCH_LIMITS",
     "BatchLimits",
+    "Job",
+    "Scheduler",
     "TokenizedPrompt",
-    "plan_batches",
+    "pack_batches",
+    "peak_memory",
+    "prepare",
     "score_request",
     "tokenize_prompt",
 ]
@@ -43,8 +63,9 @@ __all__ = [
 class BatchLimits:
     """Bounds of one micro-batch.
 
-    ``max_tokens`` counts padding (``sequences * longest``). ``max_logit_elements`` bounds the
-    ``[rows, T, V]`` block of answer logits materialised at once (the head runs in row chunks).
+    ``max_tokens`` counts the padded suffix block (``rows * longest suffix``; cached prefix tokens are
+    not recomputed and do not count). ``max_logit_elements`` bounds the ``[rows, T, V]`` block of
+    answer logits materialised at once (the head runs in row chunks).
     """
 
     max_sequences: int = 8
@@ -77,36 +98,37 @@ class TokenizedPrompt:
     features: list[np.ndarray | None]
 
 
-def plan_batches(lengths: Sequence[int], limits: BatchLimits, *, first: int = 0) -> list[list[int]]:
-    """Group sequence indices into micro-batches.
+def pack_batches(lengths: Sequence[int], limits: BatchLimits) -> list[list[int]]:
+    """Group indices into micro-batches, in the order given.
 
-    Indices are sorted by length and packed greedily while a batch has at most
-    ``limits.max_sequences`` sequences and ``count * longest <= limits.max_tokens`` (a single
-    sequence longer than the budget gets a batch of its own). The batch holding ``first`` is moved to
-    the front with ``first`` as its first row.
+    Packs greedily while a batch has at most ``limits.max_sequences`` entries and
+    ``count * longest <= limits.max_tokens`` (an entry longer than the budget gets a batch of its
+    own). Sort by length first to keep padding low.
     """
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
     longest = 0
-    for i in order:
-        new_longest = max(longest, lengths[i])
+    for i, n in enumerate(lengths):
+        new_longest = max(longest, n)
         if current and (
             len(current) + 1 > limits.max_sequences or new_longest * (len(current) + 1) > limits.max_tokens
         ):
             batches.append(current)
-            current, new_longest = [], lengths[i]
+            current, new_longest = [], n
         current.append(i)
         longest = new_longest
     if current:
         batches.append(current)
-    if not batches:
-        return batches
-    k = next(j for j, b in enumerate(batches) if first in b)
-    head = batches.pop(k)
-    head.remove(first)
-    batches.insert(0, [first, *head])
     return batches
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """Peak memory so far and what it measures: CUDA's peak allocated bytes on a GPU, else the
+    process's peak resident set size (``ru_maxrss``; the whole process, weights included)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda-max-allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024), "process-peak-rss"
 
 
 def _validate(request: ScoringRequest) -> int:
@@ -177,145 +199,408 @@ def tokenize_prompt(lm: LocalModel, prompt: RenderedPrompt, *, index: int = 0) -
     return TokenizedPrompt(ids=ids, features=features)
 
 
-def score_request(lm: LocalModel, request: ScoringRequest) -> ScoreResult:
-    """Score ``request.answer`` under every prompt with ``lm``. Call with ``lm``'s lock held.
+# --------------------------------------------------------------------------------------------------
+# jobs
 
-    See :class:`~attribsdk.scoring.base.ScoreResult` for the output. Raises :class:`InputError` for a
-    malformed request, :class:`ContextWindowError` when a prompt plus the answer exceeds the model's
-    context window, :class:`ConfigError` for an unknown target or capture layer, and
-    :class:`ScoringError` when the model or a target/pooler fails.
-    """
-    t0 = time.perf_counter()
+
+@dataclass
+class Job:
+    """One :class:`ScoringRequest` in flight: its tokenised rows, what is computed so far, accounting."""
+
+    request: ScoringRequest
+    rows: list[TokenizedPrompt]
+    answer_ids: list[int]
+    target_fn: TargetFn
+    capture: CaptureSpec | None
+    layer_idx: int | None
+    #: Per row: leading tokens identical to the reference and taken from its KV cache (0: none).
+    shared: list[int]
+    n_features: int
+    started: float = field(default_factory=time.perf_counter)
+    targets: np.ndarray = field(init=False)
+    answer_lp: np.ndarray = field(init=False)
+    spans: list[list[Any | None]] | None = field(init=False)
+    #: Rows not computed yet (the reference, row 0, runs first).
+    pending: list[int] = field(init=False)
+    ref_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    ref_lp: torch.Tensor | None = None
+    #: The reference's captured vectors over its prompt, ``[heads, prompt_len, head_dim]`` float32.
+    ref_capture: np.ndarray | None = None
+    answer_t: torch.Tensor | None = None
+    error: BaseException | None = None
+    result: ScoreResult | None = None
+    batches: int = 0
+    mixed_batches: int = 0
+    slots: int = 0
+    computed: int = 0
+    splits: int = 0
+
+    def __post_init__(self) -> None:
+        n = len(self.rows)
+        self.targets = np.zeros(n, dtype=np.float64)
+        self.answer_lp = np.zeros((n, len(self.answer_ids)), dtype=np.float64)
+        self.spans = [[None] * self.n_features for _ in range(n)] if self.capture is not None else None
+        self.pending = list(range(n))
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None or self.error is not None
+
+    def prompt_len(self, row: int) -> int:
+        return len(self.rows[row].ids)
+
+    def suffix_len(self, row: int) -> int:
+        """Tokens row ``row`` feeds through the model (prompt + answer minus the shared prefix)."""
+        return len(self.rows[row].ids) + len(self.answer_ids) - self.shared[row]
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def prepare(lm: LocalModel, request: ScoringRequest, *, reuse_prefix: bool = True) -> Job:
+    """Validate and tokenise ``request`` for ``lm`` (no model work). Raises :class:`InputError`,
+    :class:`ContextWindowError` or :class:`ConfigError` for a request that cannot be scored."""
     m = _validate(request)
     target_fn = get_target(request.target)
     capture = request.capture
     layer_idx = resolve_layer(capture.layer, lm.n_layers) if capture is not None else None
-
-    tokenizer = lm.tokenizer
-    answer_ids = [int(i) for i in tokenizer(request.answer, add_special_tokens=False)["input_ids"]]
+    answer_ids = [int(i) for i in lm.tokenizer(request.answer, add_special_tokens=False)["input_ids"]]
     if not answer_ids:
         raise InputError("the answer tokenises to zero tokens")
-    n_answer = len(answer_ids)
     rows = [tokenize_prompt(lm, p, index=n) for n, p in enumerate(request.prompts)]
     for n, row in enumerate(rows):
-        total = len(row.ids) + n_answer
+        total = len(row.ids) + len(answer_ids)
         if total > lm.context_window:
             raise ContextWindowError(
                 f"prompts[{n}] plus the answer is {total} tokens; {lm.name} accepts {lm.context_window}",
                 n_tokens=total,
                 limit=lm.context_window,
             )
-
-    n_rows = len(rows)
-    lengths = [len(r.ids) + n_answer for r in rows]
-    limits = lm.batch_limits
-    batches = plan_batches(lengths, limits, first=0)
-
-    targets = np.zeros(n_rows, dtype=np.float64)
-    answer_lp = np.zeros((n_rows, n_answer), dtype=np.float64)
-    spans: list[list[Any | None]] | None = (
-        [[None] * m for _ in range(n_rows)] if capture is not None else None
+    ref = rows[0].ids
+    # The hidden state at the last prompt token predicts the first answer token, so it is never shared.
+    shared = [0] + [
+        min(_common_prefix(ref, row.ids), len(row.ids) - 1) if reuse_prefix else 0 for row in rows[1:]
+    ]
+    return Job(
+        request=request,
+        rows=rows,
+        answer_ids=answer_ids,
+        target_fn=target_fn,
+        capture=capture,
+        layer_idx=layer_idx,
+        shared=shared,
+        n_features=m,
     )
-    answer_t = torch.tensor(answer_ids, dtype=torch.long, device=lm.torch_device)
-    ref: torch.Tensor | None = None
-    slots = 0
 
-    try:
-        with torch.inference_mode():
-            for batch in batches:
-                batch_rows = [rows[i] for i in batch]
-                slots += len(batch) * max(lengths[i] for i in batch)
-                if layer_idx is not None and capture is not None:
-                    with recording(layer_idx, capture.which) as recorder:
-                        hidden = _answer_hidden(lm, batch_rows, answer_ids)
-                    if recorder.tensor is None:
-                        raise ScoringError(
-                            f"layer {layer_idx} produced no {capture.which} vectors to capture"
-                        )
-                    captured = recorder.tensor.float().cpu().numpy()  # [B, heads, S, head_dim]
-                    assert spans is not None
-                    for b, i in enumerate(batch):
-                        spans[i] = span_embeddings(
-                            captured[b], rows[i].features, capture.pool, lm.rotary_pairing
-                        )
-                else:
-                    hidden = _answer_hidden(lm, batch_rows, answer_ids)
 
-                chunk = max(1, limits.max_logit_elements // (n_answer * lm.vocab_size))
-                for lo in range(0, len(batch), chunk):
-                    logprobs = _answer_logprobs(lm, hidden[lo : lo + chunk])  # [b, T, V] float32
-                    if ref is None:  # batch[0] is the reference, first row of the first chunk
-                        ref = logprobs[0].clone()
-                    idx = batch[lo : lo + chunk]
-                    values = target_fn(ref, logprobs, answer_t)
-                    if not isinstance(values, torch.Tensor) or tuple(values.shape) != (len(idx),):
-                        raise ScoringError(
-                            f"target {request.target!r} returned {getattr(values, 'shape', type(values))}, "
-                            f"expected a tensor of shape ({len(idx)},)"
-                        )
-                    targets[idx] = values.double().cpu().numpy()
-                    picked = logprobs.gather(-1, answer_t.view(1, -1, 1).expand(len(idx), -1, 1)).squeeze(-1)
-                    answer_lp[idx] = picked.double().cpu().numpy()
-    except AttribError:
-        raise
-    except torch.cuda.OutOfMemoryError as exc:
-        raise ScoringError(
-            f"out of device memory while scoring; lower {lm.name}.batch_limits (now {limits})"
-        ) from exc
-    except (RuntimeError, ValueError) as exc:
-        raise ScoringError(f"{lm.name} failed while scoring: {exc}") from exc
-
+def _finish(lm: LocalModel, job: Job) -> None:
+    seconds = time.perf_counter() - job.started
+    lengths = [len(r.ids) + len(job.answer_ids) for r in job.rows]
     n_tokens = sum(lengths)
-    seconds = time.perf_counter() - t0
-    return ScoreResult(
-        targets=targets,
-        answer_logprobs=answer_lp,
-        answer_tokens=[tokenizer.decode([t]) for t in answer_ids],
-        spans=spans,
+    peak, peak_kind = peak_memory(lm.torch_device)
+    job.result = ScoreResult(
+        targets=job.targets,
+        answer_logprobs=job.answer_lp,
+        answer_tokens=[lm.tokenizer.decode([t]) for t in job.answer_ids],
+        spans=job.spans,
         rotary_pairing=lm.rotary_pairing,
-        n_sequences=n_rows,
+        n_sequences=len(job.rows),
         n_tokens=n_tokens,
         seconds=seconds,
         extras={
-            "batches": len(batches),
-            "padding_fraction": 1.0 - n_tokens / slots if slots else 0.0,
+            "batches": job.batches,
+            "mixed_batches": job.mixed_batches,
+            "padding_fraction": 1.0 - job.computed / job.slots if job.slots else 0.0,
+            "computed_tokens": job.computed,
+            "reused_prefix_tokens": int(sum(job.shared)),
+            "oom_splits": job.splits,
             "tokens_per_second": n_tokens / seconds if seconds > 0 else 0.0,
-            "answer_token_count": n_answer,
-            "capture_layer": layer_idx,
+            "answer_token_count": len(job.answer_ids),
+            "capture_layer": job.layer_idx,
             "device": lm.device,
             "dtype": lm.dtype,
+            "peak_memory_bytes": peak,
+            "peak_memory_kind": peak_kind,
         },
     )
+    job.ref_kv = job.ref_lp = job.ref_capture = None  # free the caches as soon as the request is done
 
 
-def _answer_hidden(
-    lm: LocalModel, rows: Sequence[TokenizedPrompt], answer_ids: Sequence[int]
-) -> torch.Tensor:
-    """Final hidden states at the positions predicting each answer token: ``[B, T, hidden]``."""
-    n_answer = len(answer_ids)
-    lengths = [len(r.ids) + n_answer for r in rows]
-    width = max(lengths)
-    ids = torch.full((len(rows), width), lm.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    gather = torch.empty((len(rows), n_answer), dtype=torch.long)
-    answer = torch.tensor(list(answer_ids), dtype=torch.long)
-    for b, row in enumerate(rows):
-        p = len(row.ids)
-        ids[b, :p] = torch.tensor(row.ids, dtype=torch.long)
-        ids[b, p : p + n_answer] = answer
-        mask[b, : p + n_answer] = 1
-        gather[b] = torch.arange(p - 1, p - 1 + n_answer)
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+# --------------------------------------------------------------------------------------------------
+# the scheduler
+
+Item = tuple[Job, int]
+
+
+class Scheduler:
+    """Runs the rows of any number of jobs on one model, one micro-batch per :meth:`step`.
+
+    New jobs' references go first (batched together); then every pending row of every job is sorted
+    by (job age, suffix length) and the first micro-batch of that order runs, so a job's tail shares
+    a batch with the next job's head. Not thread-safe: one thread drives it, holding the model's lock.
+    """
+
+    def __init__(self, lm: LocalModel) -> None:
+        self.lm = lm
+        self.jobs: list[Job] = []
+
+    def add(self, job: Job) -> None:
+        self.jobs.append(job)
+
+    def __bool__(self) -> bool:
+        return bool(self.jobs)
+
+    def step(self) -> list[Job]:
+        """Run one micro-batch; returns the jobs that finished (result or error) and drops them."""
+        self.jobs = [j for j in self.jobs if not j.done]
+        if not self.jobs:
+            return []
+        limits = self.lm.batch_limits
+        fresh = [j for j in self.jobs if j.ref_lp is None]
+        if fresh:
+            items: list[Item] = sorted(((j, 0) for j in fresh), key=lambda it: it[0].suffix_len(0))
+            keep_cache = True
+        else:
+            items = [(j, r) for j in self.jobs for r in sorted(j.pending, key=j.suffix_len)]
+            keep_cache = False
+        batch = items[: len(pack_batches([j.suffix_len(r) for j, r in items], limits)[0])]
+        self._run(batch, keep_cache=keep_cache)
+        finished = [j for j in self.jobs if j.done or not j.pending]
+        for job in finished:
+            if not job.done:
+                try:
+                    _finish(self.lm, job)
+                except Exception as exc:  # decoding the answer tokens cannot fail for a live model
+                    job.error = ScoringError(f"could not assemble the scores: {exc}")
+        self.jobs = [j for j in self.jobs if not j.done]
+        return finished
+
+    def run_until_done(self) -> None:
+        while self.jobs:
+            self.step()
+
+    def _run(self, items: list[Item], *, keep_cache: bool) -> None:
+        lm = self.lm
+        try:
+            with torch.inference_mode():
+                _run_batch(lm, items, keep_cache=keep_cache)
+        except _OutOfMemory as exc:
+            if len(items) == 1:
+                job = items[0][0]
+                job.error = ScoringError(
+                    f"out of memory scoring one {job.suffix_len(items[0][1])}-token sequence on "
+                    f"{lm.device}; use a smaller model, a shorter prompt or another device"
+                )
+                job.error.__cause__ = exc.__cause__
+                return
+            for job in {id(j): j for j, _ in items}.values():
+                job.splits += 1
+            half = len(items) // 2
+            self._run(items[:half], keep_cache=keep_cache)
+            self._run(items[half:], keep_cache=keep_cache)
+        except AttribError as exc:
+            for job, _ in items:
+                job.error = exc
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            err = ScoringError(f"{lm.name} failed while scoring: {exc}")
+            err.__cause__ = exc
+            for job, _ in items:
+                job.error = err
+
+
+class _OutOfMemory(Exception):
+    """Internal: a batch did not fit in memory (carries the original error as ``__cause__``)."""
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "not enough memory" in text)
+
+
+def score_request(lm: LocalModel, request: ScoringRequest, *, reuse_prefix: bool = True) -> ScoreResult:
+    """Score ``request.answer`` under every prompt with ``lm``, in the calling thread. Call with
+    ``lm``'s lock held.
+
+    See :class:`~attribsdk.scoring.base.ScoreResult` for the output. Raises :class:`InputError` for a
+    malformed request, :class:`ContextWindowError` when a prompt plus the answer exceeds the model's
+    context window, :class:`ConfigError` for an unknown target or capture layer, and
+    :class:`ScoringError` when the model or a target/pooler fails.
+    """
+    job = prepare(lm, request, reuse_prefix=reuse_prefix)
+    scheduler = Scheduler(lm)
+    scheduler.add(job)
+    scheduler.run_until_done()
+    if job.error is not None:
+        raise job.error
+    assert job.result is not None
+    return job.result
+
+
+# --------------------------------------------------------------------------------------------------
+# one micro-batch
+
+
+def _run_batch(lm: LocalModel, items: Sequence[Item], *, keep_cache: bool) -> None:
+    """Run ``items`` as one forward pass and store their targets, log-probs and spans in their jobs.
+
+    Row b feeds its suffix (tokens after its shared prefix) right-padded to the batch's widest
+    suffix; its shared prefix comes from its job's reference cache, right-aligned in a block of the
+    batch's longest shared prefix. ``keep_cache`` (reference rows only) keeps each row's keys/values.
+    """
+    from transformers import DynamicCache
+
     dev = lm.torch_device
-    out = lm.decoder(
-        input_ids=ids.to(dev),
-        attention_mask=mask.to(dev),
-        position_ids=position_ids.to(dev),
-        use_cache=False,
-    )
-    hidden: torch.Tensor = out[0]  # [B, S, hidden]
-    index = gather.to(dev).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-    return hidden.gather(1, index)
+    n = len(items)
+    shared = [job.shared[r] for job, r in items]
+    seqs = [job.rows[r].ids + job.answer_ids for job, r in items]
+    suffixes = [len(s) - p for s, p in zip(seqs, shared, strict=True)]
+    width, block = max(suffixes), max(shared)
+    ids = torch.full((n, width), lm.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((n, block + width), dtype=torch.long)
+    positions = torch.zeros((n, width), dtype=torch.long)
+    for b, (seq, p, s) in enumerate(zip(seqs, shared, suffixes, strict=True)):
+        ids[b, :s] = torch.tensor(seq[p:], dtype=torch.long)
+        mask[b, block - p : block + s] = 1
+        positions[b] = torch.arange(p, p + width).clamp(max=p + s - 1)
+
+    past: Any = None
+    if block > 0:
+        layers = []
+        for layer in range(len(items[0][0].ref_kv or ())):
+            keys = []
+            values = []
+            for (job, _), p in zip(items, shared, strict=True):
+                assert job.ref_kv is not None
+                k, v = job.ref_kv[layer]
+                pad = block - p
+                keys.append(torch.nn.functional.pad(k[:, :, :p], (0, 0, pad, 0)))
+                values.append(torch.nn.functional.pad(v[:, :, :p], (0, 0, pad, 0)))
+            layers.append((torch.cat(keys), torch.cat(values)))
+        past = DynamicCache(ddp_cache_data=layers)
+    elif keep_cache:
+        past = DynamicCache()
+
+    wanted = {(job.layer_idx, job.capture.which) for job, _ in items if job.capture is not None}
+    try:
+        with recording(wanted) as recorder:  # type: ignore[arg-type]
+            out = lm.decoder(
+                input_ids=_to(ids, dev),
+                attention_mask=_to(mask, dev),
+                position_ids=_to(positions, dev),
+                past_key_values=past,
+                use_cache=past is not None,
+            )
+        hidden: torch.Tensor = out[0]  # [n, width, hidden]
+        if keep_cache:
+            cache = out.past_key_values
+            for b, (job, r) in enumerate(items):
+                length = job.prompt_len(r)
+                job.ref_kv = [
+                    (layer.keys[b : b + 1, :, :length].clone(), layer.values[b : b + 1, :, :length].clone())
+                    for layer in cache.layers
+                ]
+        del out, past
+
+        # Spans. The fed tokens are the last ``width`` positions of the recorded tensor (keys also
+        # hold the cached block before them, queries do not); a row's shared prefix is the
+        # reference's, recorded when the reference ran.
+        for b, (job, r) in enumerate(items):
+            if job.capture is None or job.spans is None:
+                continue
+            tensor = recorder.tensors.get((int(job.layer_idx or 0), job.capture.which))
+            if tensor is None:
+                raise ScoringError(
+                    f"layer {job.layer_idx} produced no {job.capture.which} vectors to capture"
+                )
+            p, length = shared[b], job.prompt_len(r)
+            start = tensor.shape[-2] - width
+            recorded = tensor[b, :, start : start + length - p].float().cpu().numpy()  # [heads, fed, D]
+            if keep_cache:
+                job.ref_capture = recorded
+            if p:
+                assert job.ref_capture is not None
+                recorded = np.concatenate([job.ref_capture[:, :p], recorded], axis=1)
+            job.spans[r] = span_embeddings(
+                recorded, job.rows[r].features, job.capture.pool, lm.rotary_pairing
+            )
+
+        # Answer head, grouped by job (answers differ between jobs).
+        groups: dict[int, list[int]] = {}
+        for b, (job, _) in enumerate(items):
+            groups.setdefault(id(job), []).append(b)
+        for members in groups.values():
+            job = items[members[0]][0]
+            if job.answer_t is None:
+                job.answer_t = torch.tensor(job.answer_ids, dtype=torch.long, device=dev)
+            t = len(job.answer_ids)
+            gather = torch.stack(
+                [
+                    torch.arange(
+                        job.prompt_len(items[b][1]) - 1 - shared[b],
+                        job.prompt_len(items[b][1]) - 1 - shared[b] + t,
+                    )
+                    for b in members
+                ]
+            ).to(dev)
+            rows_hidden = hidden[torch.as_tensor(members, device=dev)]
+            answer_hidden = rows_hidden.gather(1, gather.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            _score_rows(lm, job, [items[b][1] for b in members], answer_hidden)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise _OutOfMemory() from exc
+    except RuntimeError as exc:
+        if _is_oom(exc):
+            raise _OutOfMemory() from exc
+        raise
+
+    # Accounting (after success, so a split-and-retried batch is counted once per piece that ran).
+    jobs = {id(job): job for job, _ in items}
+    for job in jobs.values():
+        job.batches += 1
+        if len(jobs) > 1:
+            job.mixed_batches += 1
+    for (job, r), s in zip(items, suffixes, strict=True):
+        job.slots += width
+        job.computed += s
+        job.pending.remove(r)
+
+
+def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host-to-device copy; pinned and non-blocking on CUDA."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
+
+
+def _score_rows(lm: LocalModel, job: Job, rows: list[int], answer_hidden: torch.Tensor) -> None:
+    """Log-probs, targets and picked answer log-probs of ``rows`` (all of ``job``)."""
+    t = len(job.answer_ids)
+    answer_t = job.answer_t
+    assert answer_t is not None
+    chunk = max(1, lm.batch_limits.max_logit_elements // (t * lm.vocab_size))
+    for lo in range(0, len(rows), chunk):
+        idx = rows[lo : lo + chunk]
+        logprobs = _answer_logprobs(lm, answer_hidden[lo : lo + chunk])  # [b, T, V] float32
+        if job.ref_lp is None:
+            if idx[0] != 0:
+                raise ScoringError("internal: a perturbed row ran before its reference")
+            job.ref_lp = logprobs[0].clone()
+        values = job.target_fn(job.ref_lp, logprobs, answer_t)
+        if not isinstance(values, torch.Tensor) or tuple(values.shape) != (len(idx),):
+            raise ScoringError(
+                f"target {job.request.target!r} returned {getattr(values, 'shape', type(values))}, "
+                f"expected a tensor of shape ({len(idx)},)"
+            )
+        job.targets[idx] = values.double().cpu().numpy()
+        picked = logprobs.gather(-1, answer_t.view(1, -1, 1).expand(len(idx), -1, 1)).squeeze(-1)
+        job.answer_lp[idx] = picked.double().cpu().numpy()
 
 
 def _answer_logprobs(lm: LocalModel, hidden: torch.Tensor) -> torch.Tensor:

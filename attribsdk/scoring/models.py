@@ -36,7 +36,8 @@ from ..adapters.base import Completion, GenerationParams, Message, TokenLogprob,
 from ..errors import ConfigError, ContextWindowError, ModelLoadError, ModelNotFoundError
 from .base import RotaryPairing, ScoreResult, ScoringRequest
 from .capture import enable_capture
-from .engine import ACCELERATOR_BATCH_LIMITS, CPU_BATCH_LIMITS, BatchLimits, score_request
+from .engine import ACCELERATOR_BATCH_LIMITS, CPU_BATCH_LIMITS, BatchLimits
+from .queue import ScoringQueue
 from .templates import RenderedChat, render_chat
 
 __all__ = [
@@ -108,8 +109,14 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``"auto"``: float32 on CPU and MPS (exact and, without native bf16 units, fastest), bfloat16
+    on CUDA GPUs that support it (tensor cores, half the memory traffic), float16 on older GPUs."""
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+        raise ConfigError(f"unknown dtype {dtype!r}; use 'auto' or one of {', '.join(DTYPES)}")
     if dtype == "float16" and device.type != "cuda":
         raise ConfigError("dtype 'float16' is only supported on CUDA; use 'float32' or 'bfloat16'")
     return DTYPES[dtype]
@@ -168,6 +175,7 @@ class LocalModel:
         name: str = "local",
         batch_limits: BatchLimits | None = None,
         load_info: LoadInfo | None = None,
+        reuse_prefix: bool = True,
     ) -> None:
         if not getattr(tokenizer, "is_fast", False):
             raise ModelLoadError(
@@ -211,6 +219,9 @@ class LocalModel:
             batch_limits = CPU_BATCH_LIMITS if self._torch_device.type == "cpu" else ACCELERATOR_BATCH_LIMITS
         #: Micro-batch bounds used by :meth:`score`; assign a new :class:`BatchLimits` to change them.
         self.batch_limits: BatchLimits = batch_limits
+        self._reuse_prefix = bool(reuse_prefix)
+        self._queue: ScoringQueue | None = None
+        self._queue_lock = threading.Lock()
 
     # -- descriptive properties -----------------------------------------------------------------
     @property
@@ -295,7 +306,12 @@ class LocalModel:
             raise ModelLoadError(f"model handle {self._name!r} is closed; load it again with load_model()")
 
     def close(self) -> None:
-        """Free the weights (idempotent). Waits for a forward pass in progress to finish."""
+        """Free the weights (idempotent). Waits for a forward pass in progress to finish; requests still
+        queued for scoring fail with :class:`ModelLoadError`."""
+        with self._queue_lock:
+            queue, self._queue = self._queue, None
+        if queue is not None:
+            queue.close()
         with self._lock:
             if self._closed:
                 return
@@ -319,11 +335,32 @@ class LocalModel:
         return render_chat(self.tokenizer, messages, add_generation_prompt=add_generation_prompt)
 
     # -- scoring ----------------------------------------------------------------------------------
-    def score(self, request: ScoringRequest) -> ScoreResult:
-        """Teacher-force ``request.answer`` under every prompt (see :mod:`attribsdk.scoring.engine`)."""
-        with self._lock:
+    @property
+    def reuse_prefix(self) -> bool:
+        """Whether perturbed rows reuse the reference's KV cache for their shared prefix (default on;
+        off recomputes every token, for comparison)."""
+        return self._reuse_prefix
+
+    @property
+    def forward_lock(self) -> threading.Lock:
+        """Held for every forward pass on this handle (scoring batches, generation)."""
+        return self._lock
+
+    @property
+    def queue(self) -> ScoringQueue:
+        """This handle's scoring queue (started on first use)."""
+        with self._queue_lock:
             self._require_open()
-            return score_request(self, request)
+            if self._queue is None:
+                self._queue = ScoringQueue(self, reuse_prefix=self._reuse_prefix)
+            return self._queue
+
+    def score(self, request: ScoringRequest) -> ScoreResult:
+        """Teacher-force ``request.answer`` under every prompt (see :mod:`attribsdk.scoring.engine`).
+
+        Thread-safe and blocking: requests submitted concurrently from several threads share
+        micro-batches (:class:`~attribsdk.scoring.queue.ScoringQueue`)."""
+        return self.queue.score(request)
 
     # -- generation -------------------------------------------------------------------------------
     def generate(self, messages: Sequence[Message], params: GenerationParams | None = None) -> Completion:
@@ -670,16 +707,20 @@ def load_model(
     spec: str | os.PathLike[str],
     *,
     device: str = "auto",
-    dtype: str = "float32",
+    dtype: str = "auto",
     cache_dir: str | os.PathLike[str] | None = None,
+    threads: int | None = None,
 ) -> LocalModel:
     """Load a local surrogate.
 
     ``spec`` is a packaged model name (``"smollm2"`` / ``"smollm2-135m-instruct"``, ``"gemma3-270m"``),
     a transformers model directory (with ``config.json``), or a path to a ``.gguf`` file. Nothing is
     ever downloaded. ``device``: ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda[:N]"``, ``"mps"``.
-    ``dtype``: ``"float32"`` (default; batch-size independent to ~1e-5), ``"bfloat16"`` (faster on
-    CPUs with bf16 units, not reproducible across batch sizes), ``"float16"`` (CUDA only).
+    ``dtype``: ``"auto"`` (default: float32 on CPU/MPS, bfloat16 on CUDA, float16 on GPUs without
+    bf16), ``"float32"`` (batch-size independent to ~1e-5), ``"bfloat16"`` (faster on GPUs and on
+    CPUs with bf16 units; targets move by ~1e-2 relative, see the README), ``"float16"`` (CUDA only).
+    ``threads``: intra-op CPU threads for torch (``torch.set_num_threads``, process-wide; default:
+    torch's choice, one per physical core).
     ``cache_dir`` is the root of the GGUF conversion cache (see the module docs).
 
     Raises :class:`ConfigError` (bad device/dtype), :class:`ModelNotFoundError` (unknown name, missing
@@ -688,6 +729,10 @@ def load_model(
     t0 = time.perf_counter()
     torch_device = resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, torch_device)
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ConfigError(f"threads must be a positive int, got {threads!r}")
+        torch.set_num_threads(threads)
     if torch_dtype == torch.bfloat16 and torch_device.type == "cpu" and not _cpu_has_native_bf16():
         warnings.warn(
             "this CPU has no native bfloat16 support; bfloat16 is emulated and several times slower "
@@ -734,12 +779,10 @@ class ModelStore:
         self._lock = threading.Lock()
         self._closed = False
 
-    def get(
-        self, spec: str | os.PathLike[str], *, device: str = "auto", dtype: str = "float32"
-    ) -> LocalModel:
+    def get(self, spec: str | os.PathLike[str], *, device: str = "auto", dtype: str = "auto") -> LocalModel:
         """The handle for ``spec`` on ``device`` in ``dtype``, loaded on first use (:func:`load_model`)."""
         torch_device = resolve_device(device)
-        _resolve_dtype(dtype, torch_device)
+        dtype = _dtype_name(_resolve_dtype(dtype, torch_device))
         key = (_resolve_source(spec).key, str(torch_device), dtype)
         with self._lock:
             if self._closed:

@@ -55,6 +55,10 @@ async def test_explain_runs_every_stage_and_reports_counts(tiny: Any) -> None:
     assert res.counts.closed_calls == 1 and res.counts.cache_hits == 0
     assert res.counts.surrogate_sequences == len(res.samples.masks)
     assert res.counts.surrogate_tokens > 0
+    # the engine's own figures travel with the result: rows reuse the reference's cached prefix
+    assert 0 < res.engine["computed_tokens"] < res.counts.surrogate_tokens
+    assert res.engine["reused_prefix_tokens"] > 0 and res.engine["batches"] >= 2
+    assert res.engine["peak_memory_bytes"] > 0 and res.engine["dtype"] == "float32"
     assert res.samples.weights[0] == 1.0 and res.samples.targets[0] == pytest.approx(0.0, abs=1e-6)
     assert res.config["sampler"]["kind"] == "sparse_k" and res.config["kernel"]["kind"] == "rwmd"
     assert res.timings.total >= res.timings.scoring > 0
@@ -186,3 +190,21 @@ async def test_explain_many_progress_bar_and_aggregate_cost(
     assert all(isinstance(r, Explanation) for r in out)
     assert report.closed_calls == 3 == sum(r.counts.closed_calls for r in out if isinstance(r, Explanation))
     assert "3/3" in capsys.readouterr().out
+
+
+async def test_explain_many_batches_examples_together_with_identical_results() -> None:
+    lm = tiny_local_model(seed=3)
+    examples = [
+        {"question": QUESTION, "context": CONTEXT, "answer": answer}
+        for answer in ("Paris.", "Paris is the capital of France.", "Berlin.", "The Seine.")
+    ]
+    async with Explainer(closed=TestModel("unused"), surrogate=lm, cache=False) as ex:
+        alone = [await ex.explain(QUESTION, CONTEXT, answer=e["answer"]) for e in examples]
+        assert lm.queue.stats.max_jobs_in_flight == 1
+        together = await ex.explain_many(examples, concurrency=4)
+    assert lm.queue.stats.max_jobs_in_flight > 1  # rows of several examples shared micro-batches
+    for a, b in zip(alone, together, strict=True):
+        assert isinstance(b, Explanation)
+        np.testing.assert_allclose(a.attributions, b.attributions, atol=1e-6)
+        assert a.samples is not None and b.samples is not None
+        np.testing.assert_allclose(a.samples.targets, b.samples.targets, atol=1e-6)

@@ -161,6 +161,7 @@ def test_missing_packages_name_the_install_command(monkeypatch: pytest.MonkeyPat
         ("cpu", "float16", "only supported on CUDA"),
         ("tpu", "float32", "device"),
         ("gpu", "float32", "device"),
+        ("cpu", "", "unknown dtype"),
     ],
 )
 def test_bad_device_or_dtype(device: str, dtype: str, match: str) -> None:
@@ -173,6 +174,25 @@ def test_cuda_without_cuda_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="CUDA is not available"):
         resolve_device("cuda")
     assert resolve_device("auto").type in {"cpu", "mps"}
+
+
+def test_auto_dtype_and_thread_settings(tiny_gguf: tuple[Path, Any, Any], tmp_path: Path) -> None:
+    from attribsdk.scoring.models import _resolve_dtype
+
+    assert (
+        _resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    )  # exact, and fastest without bf16 units
+    with ModelStore(cache_dir=tmp_path) as store:  # "auto" and its resolution are one handle
+        assert store.get(tiny_gguf[0], device="cpu") is store.get(tiny_gguf[0], device="cpu", dtype="float32")
+    before = torch.get_num_threads()
+    try:
+        lm = load_model(tiny_gguf[0], device="cpu", cache_dir=tmp_path, threads=1)
+        assert lm.dtype == "float32" and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ConfigError, match="threads"):
+            load_model(tiny_gguf[0], cache_dir=tmp_path, threads=bad)  # type: ignore[arg-type]
 
 
 def test_local_model_requires_a_fast_tokenizer() -> None:

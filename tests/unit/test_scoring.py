@@ -13,7 +13,7 @@ from attribsdk.errors import ConfigError, ContextWindowError, InputError, ModelL
 from attribsdk.prompt import RenderedPrompt, build_prompt
 from attribsdk.scoring import Scorer
 from attribsdk.scoring.base import CaptureSpec, ScoringRequest
-from attribsdk.scoring.engine import BatchLimits, plan_batches, tokenize_prompt
+from attribsdk.scoring.engine import BatchLimits, pack_batches, tokenize_prompt
 from attribsdk.scoring.models import LocalModel
 from attribsdk.scoring.targets import available_targets, get_target, register_target
 from attribsdk.scoring.templates import render_chat
@@ -69,7 +69,8 @@ def naive_logprobs(model: Any, lm: LocalModel, prompt: RenderedPrompt, answer: s
 def test_batched_equals_unbatched(prompts: list[RenderedPrompt], target: str) -> None:
     lm = tiny_local_model()
     batched = lm.score(request(prompts, target=target))
-    assert batched.extras["batches"] == 1 and batched.extras["padding_fraction"] > 0  # lengths differ
+    # the reference runs alone (its KV cache is kept), every other row in one batch
+    assert batched.extras["batches"] == 2 and batched.extras["padding_fraction"] > 0  # lengths differ
     lm.batch_limits = BatchLimits(max_sequences=1)
     single = lm.score(request(prompts, target=target))
     assert single.extras["batches"] == len(prompts)
@@ -321,16 +322,17 @@ def test_custom_target_registry(lm: LocalModel, prompts: list[RenderedPrompt]) -
         lm.score(request(prompts, target="test-bad-shape"))
 
 
-def test_plan_batches_respects_limits_and_puts_reference_first() -> None:
-    lengths = [50, 10, 40, 12, 30, 60, 11]
-    batches = plan_batches(lengths, BatchLimits(max_sequences=3, max_tokens=100))
-    assert batches[0][0] == 0
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+def test_pack_batches_respects_limits_in_order() -> None:
+    lengths = [10, 11, 12, 30, 40, 50, 60]
+    batches = pack_batches(lengths, BatchLimits(max_sequences=3, max_tokens=100))
+    assert [i for b in batches for i in b] == list(range(len(lengths)))  # order kept, nothing lost
     for batch in batches:
         assert len(batch) <= 3
         assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 100
-    # a sequence over the token budget still gets a batch of its own
-    assert plan_batches([500, 10], BatchLimits(max_tokens=100)) == [[0], [1]]
+    assert batches[0] == [0, 1, 2]  # 3 * 12 = 36 fits; a fourth would exceed max_sequences
+    # an entry over the token budget still gets a batch of its own
+    assert pack_batches([10, 500], BatchLimits(max_tokens=100)) == [[0], [1]]
+    assert pack_batches([], BatchLimits()) == []
 
 
 def test_closed_handle_raises(prompts: list[RenderedPrompt]) -> None:
