@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q --disable-pip-version-check
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint typecheck bench clean
+.PHONY: install demo test test-fast lint typecheck bench bench-engine clean
 
 install: $(STAMP)
 
@@ -35,6 +35,12 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/bench_core.py
+
+# Scoring engine vs a naive loop, Captum and ContextCite on the same model and examples
+# (installs the competitors from the `benchmark` extra first).
+bench-engine: install
+	$(PIP) install -e '.[benchmark]'
+	$(PY) benchmarks/bench_engine.py --n-paper 10 --n-full 1
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

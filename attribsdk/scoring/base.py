@@ -29,7 +29,7 @@ SpanPooler = Callable[[np.ndarray, RotaryPairing], Any]
 class CaptureSpec:
     """Which post-rotary vectors to capture during the scoring forward passes."""
 
-    layer: int  # negative counts from the last layer
+    layer: int | float  # int: index (negative counts from the last layer); float: relative depth in [0, 1]
     which: Literal["key", "query"] = "key"
     pool: SpanPooler | None = None  # None: return raw vectors per span
 
