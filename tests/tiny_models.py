@@ -220,3 +220,75 @@ def tiny_gemma3(vocab_size: int, *, seed: int = 0, sliding_window: int = 8) -> A
     torch.manual_seed(seed)
     model: Any = Gemma3ForCausalLM(config)
     return model.eval()
+
+
+PLANTED_WORDS = ["cat", "mat", "sun", "dog", "lazy", "fox", "birds", "trees", "water", "river", "city", "large"]
+PLANTED_CITIES = {"Paris": "France", "Berlin": "Germany"}
+PLANTED_QUESTION = "Which country?"
+
+
+def planted_example(seed: int, n_words: int = 8) -> tuple[Any, str, int]:
+    """A word-feature prompt of ``n_words`` distractor words with one city word at a random place,
+    the answer the city determines, and the city's feature index."""
+    from attribsdk.prompt import build_prompt
+
+    rng = np.random.default_rng(seed)
+    words = [str(w) for w in rng.choice(PLANTED_WORDS, size=n_words)]
+    city = str(rng.choice(list(PLANTED_CITIES)))
+    pos = int(rng.integers(0, n_words + 1))
+    words.insert(pos, city)
+    prompt = build_prompt(PLANTED_QUESTION, " ".join(words), features="words")
+    return prompt, PLANTED_CITIES[city], pos
+
+
+@functools.cache
+def _planted_state() -> tuple[dict[str, torch.Tensor], str]:
+    """Train :func:`tiny_llama` (once per process, ~2 s) so that the answer's first token is decided
+    by the one city word in the prompt and by nothing else."""
+    from attribsdk.scoring.engine import tokenize_prompt
+    from attribsdk.scoring.models import LocalModel
+
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok), seed=0, init_range=0.02)
+    lm = LocalModel(model, tok, name="planted")
+    seqs: list[tuple[list[int], int]] = []
+    for seed in range(200):
+        prompt, answer, _ = planted_example(seed, n_words=int(np.random.default_rng(seed).integers(4, 10)))
+        ids = tokenize_prompt(lm, prompt.render()).ids
+        answer_ids = tok(answer, add_special_tokens=False)["input_ids"]
+        seqs.append((ids + answer_ids, len(ids)))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    gen = torch.Generator().manual_seed(0)
+    recent: list[float] = []
+    for _ in range(300):
+        batch = [seqs[int(i)] for i in torch.randint(len(seqs), (16,), generator=gen)]
+        width = max(len(s) for s, _ in batch)
+        ids = torch.full((len(batch), width), tok.pad_token_id)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        labels = torch.full((len(batch), width), -100)
+        for b, (s, n) in enumerate(batch):
+            ids[b, : len(s)] = torch.tensor(s)
+            mask[b, : len(s)] = 1
+            labels[b, n : len(s)] = torch.tensor(s[n:])
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        recent = [*recent[-9:], float(loss)]
+        if len(recent) == 10 and max(recent) < 0.02:  # converged: the city decides the answer
+            break
+    model.eval()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, f"{float(loss):.4f}"
+
+
+def planted_model() -> LocalModel:
+    """A fresh :class:`LocalModel` whose answer (``France``/``Germany``) is determined by one input
+    token (the city word ``Paris``/``Berlin``) among distractor words: see :func:`planted_example`."""
+    from attribsdk.scoring.models import LocalModel
+
+    state, _ = _planted_state()
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok), seed=0, init_range=0.02)
+    model.load_state_dict(state)
+    return LocalModel(model.eval(), tok, name="planted")

@@ -1,0 +1,112 @@
+"""The :class:`~attribsdk.methods.base.Method` side of the white-box algorithms."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import anyio
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import AttribError, ConfigError, ScoringError
+from ..methods.base import MethodParts, MethodResult
+from ..prompt import Prompt
+from ..regression import normalize_attributions
+from ..scoring.models import LocalModel
+from ._core import WhiteboxInput, aggregate, prepare_input
+
+__all__ = ["WhiteboxConfig", "WhiteboxMethod", "WhiteboxScores"]
+
+
+class WhiteboxConfig(BaseModel):
+    """Base of every white-box method's configuration (stored in ``Explanation.config``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclass
+class WhiteboxScores:
+    """What an algorithm returns: signed per-token scores over the prompt (``[n_prompt]``; summed
+    into features) or signed per-feature scores (``[M]``) directly, plus anything worth reporting.
+    Positive = the token/feature supports the answer."""
+
+    token_scores: np.ndarray | None = None
+    feature_scores: np.ndarray | None = None
+    forward_passes: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class WhiteboxMethod(ABC):
+    """A white-box attribution algorithm run on the surrogate (any :class:`LocalModel`).
+
+    Subclasses set ``name`` and ``Config`` and implement :meth:`run`; construction validates the
+    options through ``Config`` (unknown or bad options raise :class:`ConfigError`).
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[WhiteboxConfig]] = WhiteboxConfig
+
+    def __init__(self, **options: Any) -> None:
+        try:
+            self.cfg = self.Config(**options)
+        except Exception as exc:  # pydantic.ValidationError and friends
+            raise ConfigError(f"{self.name}: bad options {options!r}: {exc}") from exc
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.name, **self.cfg.model_dump(mode="json")}
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.cfg.model_dump().items())
+        return f"{type(self).__name__}({opts})"
+
+    @abstractmethod
+    def run(self, wi: WhiteboxInput, rng: np.random.Generator) -> WhiteboxScores:
+        """Compute the scores (called in a worker thread with the model's forward lock held)."""
+
+    async def attribute(self, prompt: Prompt, answer: str, parts: MethodParts) -> MethodResult:
+        lm = parts.scorer
+        if not isinstance(lm, LocalModel):
+            raise ConfigError(
+                f"{self.name} is a white-box method: it needs a local model as surrogate "
+                f"(got {type(lm).__name__})"
+            )
+        seed = parts.seed
+        return await anyio.to_thread.run_sync(self._attribute_sync, lm, prompt, answer, seed)
+
+    def _attribute_sync(self, lm: LocalModel, prompt: Prompt, answer: str, seed: int) -> MethodResult:
+        t0 = time.perf_counter()
+        with lm.forward_lock:
+            wi = prepare_input(lm, prompt, answer)
+            try:
+                scores = self.run(wi, np.random.default_rng(seed))
+            except AttribError:
+                raise
+            except torch.cuda.OutOfMemoryError as exc:
+                raise ScoringError(f"{self.name}: out of memory on {lm.device}: {exc}") from exc
+            except (RuntimeError, ValueError) as exc:
+                raise ScoringError(f"{self.name} failed on {lm.name}: {exc}") from exc
+        if scores.feature_scores is not None:
+            coef = np.asarray(scores.feature_scores, dtype=np.float64)
+        elif scores.token_scores is not None:
+            coef = aggregate(scores.token_scores, wi.feature_tokens)
+        else:
+            raise ScoringError(f"{self.name} returned no scores")
+        if coef.shape != (prompt.n_features,) or not np.isfinite(coef).all():
+            raise ScoringError(
+                f"{self.name} returned {coef.shape} scores (finite: {np.isfinite(coef).all()}), "
+                f"expected {prompt.n_features} finite values"
+            )
+        seconds = time.perf_counter() - t0
+        return MethodResult(
+            coefficients=coef,
+            attributions=normalize_attributions(coef),
+            answer_tokens=[lm.tokenizer.decode([t]) for t in wi.answer_ids],
+            surrogate_sequences=scores.forward_passes,
+            surrogate_tokens=scores.forward_passes * int(wi.ids.shape[0]),
+            timings={"scoring": seconds},
+            extras={"device": lm.device, "dtype": lm.dtype, **scores.extras},
+        )
