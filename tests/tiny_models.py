@@ -222,7 +222,20 @@ def tiny_gemma3(vocab_size: int, *, seed: int = 0, sliding_window: int = 8) -> A
     return model.eval()
 
 
-PLANTED_WORDS = ["cat", "mat", "sun", "dog", "lazy", "fox", "birds", "trees", "water", "river", "city", "large"]
+PLANTED_WORDS = [
+    "cat",
+    "mat",
+    "sun",
+    "dog",
+    "lazy",
+    "fox",
+    "birds",
+    "trees",
+    "water",
+    "river",
+    "city",
+    "large",
+]
 PLANTED_CITIES = {"Paris": "France", "Berlin": "Germany"}
 PLANTED_QUESTION = "Which country?"
 
@@ -275,11 +288,11 @@ def _planted_state() -> tuple[dict[str, torch.Tensor], str]:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        recent = [*recent[-9:], float(loss)]
+        recent = [*recent[-9:], float(loss.detach())]
         if len(recent) == 10 and max(recent) < 0.02:  # converged: the city decides the answer
             break
     model.eval()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}, f"{float(loss):.4f}"
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, f"{float(loss.detach()):.4f}"
 
 
 def planted_model() -> LocalModel:

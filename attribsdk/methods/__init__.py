@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigError
@@ -21,12 +23,30 @@ __all__ = [
     "make_method",
 ]
 
-#: name → constructor. ``"rope-lime-loo"`` is RoPE-LIME with the leave-one-out sampler.
+
+def _whitebox(module: str, cls: str) -> Callable[..., Method]:
+    """A white-box method's constructor, imported on first use (the algorithms need torch)."""
+
+    def make(**options: Any) -> Method:
+        method: Method = getattr(importlib.import_module(f"attribsdk.whitebox.{module}"), cls)(**options)
+        return method
+
+    return make
+
+
+#: name → constructor. ``"rope-lime-loo"`` is RoPE-LIME with the leave-one-out sampler. The
+#: white-box methods (:mod:`attribsdk.whitebox`) run on the surrogate itself.
 METHODS: dict[str, Any] = {
     "rope-lime": RopeLime,
     "rope-lime-loo": lambda **kw: RopeLime(**{"sampler": "loo", **kw}),
     "gsmile": GSmile,
     "closed-loo": ClosedLoo,
+    "saliency": _whitebox("baselines", "Saliency"),
+    "input-x-gradient": _whitebox("baselines", "InputXGradient"),
+    "integrated-gradients": _whitebox("baselines", "IntegratedGradients"),
+    "attention": _whitebox("baselines", "Attention"),
+    "occlusion": _whitebox("baselines", "Occlusion"),
+    "random": _whitebox("baselines", "RandomAttribution"),
 }
 
 

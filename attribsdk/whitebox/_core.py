@@ -31,6 +31,9 @@ class WhiteboxInput:
     n_prompt: int
     answer_ids: list[int]
     feature_tokens: list[np.ndarray | None]
+    #: The prompt and answer text (for algorithms that re-render the prompt without features).
+    prompt: Prompt | None = None
+    answer: str = ""
 
     @property
     def n_answer(self) -> int:
@@ -76,7 +79,13 @@ def prepare_input(lm: LocalModel, prompt: Prompt, answer: str) -> WhiteboxInput:
         )
     ids = torch.tensor(tokenized.ids + answer_ids, dtype=torch.long, device=lm.torch_device)
     return WhiteboxInput(
-        lm=lm, ids=ids, n_prompt=len(tokenized.ids), answer_ids=answer_ids, feature_tokens=tokenized.features
+        lm=lm,
+        ids=ids,
+        n_prompt=len(tokenized.ids),
+        answer_ids=answer_ids,
+        feature_tokens=tokenized.features,
+        prompt=prompt,
+        answer=answer,
     )
 
 

@@ -47,7 +47,7 @@ class WhiteboxMethod(ABC):
     options through ``Config`` (unknown or bad options raise :class:`ConfigError`).
     """
 
-    name: ClassVar[str]
+    name: str
     Config: ClassVar[type[WhiteboxConfig]] = WhiteboxConfig
 
     def __init__(self, **options: Any) -> None:

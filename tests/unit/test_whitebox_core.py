@@ -67,3 +67,14 @@ async def test_method_base_checks_the_surrogate_and_options() -> None:
     assert result.coefficients.shape == (prompt.n_features,)
     assert abs(result.attributions.sum() - 1) < 1e-9 and result.surrogate_sequences == 1
     assert method.config() == {"kind": "constant-test"}
+
+
+def test_white_box_methods_are_registered_by_name() -> None:
+    from attribsdk.methods import Method, make_method
+
+    for name in ("saliency", "input-x-gradient", "integrated-gradients", "attention", "occlusion", "random"):
+        method = make_method(name)
+        assert isinstance(method, Method) and method.name == name
+    assert make_method("integrated-gradients", steps=8).config()["steps"] == 8
+    with pytest.raises(ConfigError):
+        make_method("saliency", nonsense=1)
