@@ -267,9 +267,9 @@ def _planted_state() -> tuple[dict[str, torch.Tensor], str]:
     seqs: list[tuple[list[int], int]] = []
     for seed in range(200):
         prompt, answer, _ = planted_example(seed, n_words=int(np.random.default_rng(seed).integers(4, 10)))
-        ids = tokenize_prompt(lm, prompt.render()).ids
+        prompt_ids = tokenize_prompt(lm, prompt.render()).ids
         answer_ids = tok(answer, add_special_tokens=False)["input_ids"]
-        seqs.append((ids + answer_ids, len(ids)))
+        seqs.append((prompt_ids + answer_ids, len(prompt_ids)))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     gen = torch.Generator().manual_seed(0)

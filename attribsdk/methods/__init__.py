@@ -47,6 +47,8 @@ METHODS: dict[str, Any] = {
     "attention": _whitebox("baselines", "Attention"),
     "occlusion": _whitebox("baselines", "Occlusion"),
     "random": _whitebox("baselines", "RandomAttribution"),
+    "heat": _whitebox("heat", "Heat"),
+    "grad-ellm": _whitebox("grad_ellm", "GradELLM"),
 }
 
 

@@ -72,7 +72,8 @@ async def test_method_base_checks_the_surrogate_and_options() -> None:
 def test_white_box_methods_are_registered_by_name() -> None:
     from attribsdk.methods import Method, make_method
 
-    for name in ("saliency", "input-x-gradient", "integrated-gradients", "attention", "occlusion", "random"):
+    names = ("saliency", "input-x-gradient", "integrated-gradients", "attention", "occlusion", "random")
+    for name in (*names, "heat", "grad-ellm"):
         method = make_method(name)
         assert isinstance(method, Method) and method.name == name
     assert make_method("integrated-gradients", steps=8).config()["steps"] == 8
