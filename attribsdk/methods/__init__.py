@@ -49,6 +49,7 @@ METHODS: dict[str, Any] = {
     "random": _whitebox("baselines", "RandomAttribution"),
     "heat": _whitebox("heat", "Heat"),
     "grad-ellm": _whitebox("grad_ellm", "GradELLM"),
+    "gilot": _whitebox("gilot", "GiLOT"),
 }
 
 

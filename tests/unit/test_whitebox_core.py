@@ -73,7 +73,7 @@ def test_white_box_methods_are_registered_by_name() -> None:
     from attribsdk.methods import Method, make_method
 
     names = ("saliency", "input-x-gradient", "integrated-gradients", "attention", "occlusion", "random")
-    for name in (*names, "heat", "grad-ellm"):
+    for name in (*names, "heat", "grad-ellm", "gilot"):
         method = make_method(name)
         assert isinstance(method, Method) and method.name == name
     assert make_method("integrated-gradients", steps=8).config()["steps"] == 8
