@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import ContextWindowError, FeatureError, InputError
+from ..errors import ConfigError, ContextWindowError, FeatureError, InputError
 from ..prompt import Prompt
-from ..scoring.engine import tokenize_prompt
+from ..scoring.base import ScoreResult, ScoringRequest
+from ..scoring.engine import score_request, tokenize_prompt
 from ..scoring.models import LocalModel
 
-__all__ = ["WhiteboxInput", "aggregate", "answer_logits", "embed", "prepare_input"]
+__all__ = ["WhiteboxInput", "aggregate", "answer_logits", "embed", "leave_one_out", "prepare_input"]
 
 
 @dataclass
@@ -124,3 +125,18 @@ def answer_logits(
     if lm.logit_softcap is not None:
         logits = torch.tanh(logits / lm.logit_softcap) * lm.logit_softcap
     return logits, out
+
+
+def leave_one_out(wi: WhiteboxInput, target: str) -> ScoreResult:
+    """Score the answer under the full prompt and under the prompt without each feature in turn
+    (``M + 1`` rows, re-rendered with :meth:`Prompt.render`, batched by the scoring engine with its
+    shared-prefix reuse); ``targets[1:]`` are the per-feature effects under ``target``. Call with the
+    model's forward lock held."""
+    prompt, answer = wi.prompt, wi.answer
+    if prompt is None or not answer:
+        raise ConfigError("re-rendering the prompt needs the input built by prepare_input()")
+    m = prompt.n_features
+    keeps = np.ones((m + 1, m), dtype=bool)
+    keeps[np.arange(1, m + 1), np.arange(m)] = False
+    request = ScoringRequest(prompts=[prompt.render(keep) for keep in keeps], answer=answer, target=target)
+    return score_request(wi.lm, request, reuse_prefix=wi.lm.reuse_prefix)

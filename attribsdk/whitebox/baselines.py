@@ -29,10 +29,8 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from ..errors import ConfigError, ScoringError
-from ..scoring.base import ScoringRequest
 from ..scoring.capture import recording, resolve_layer
-from ..scoring.engine import score_request
-from ._core import WhiteboxInput, answer_logits, embed
+from ._core import WhiteboxInput, answer_logits, embed, leave_one_out
 from ._method import WhiteboxConfig, WhiteboxMethod, WhiteboxScores
 
 __all__ = [
@@ -434,16 +432,7 @@ class Occlusion(WhiteboxMethod):
     Config = OcclusionConfig
 
     def run(self, wi: WhiteboxInput, rng: np.random.Generator) -> WhiteboxScores:
-        prompt, answer = wi.prompt, wi.answer
-        if prompt is None or not answer:
-            raise ConfigError("occlusion re-renders the prompt: build the input with prepare_input()")
-        m = prompt.n_features
-        keeps = np.ones((m + 1, m), dtype=bool)
-        keeps[np.arange(1, m + 1), np.arange(m)] = False
-        request = ScoringRequest(
-            prompts=[prompt.render(keep) for keep in keeps], answer=answer, target="delta_nll"
-        )
-        result = score_request(wi.lm, request, reuse_prefix=wi.lm.reuse_prefix)
+        result = leave_one_out(wi, "delta_nll")
         return WhiteboxScores(
             feature_scores=np.asarray(result.targets[1:], dtype=np.float64),
             forward_passes=result.n_sequences,

@@ -104,10 +104,8 @@ import torch
 from pydantic import Field, StrictInt, model_validator
 
 from ..errors import ConfigError, ScoringError
-from ..scoring.base import ScoringRequest
 from ..scoring.capture import ATTENTION_NAME
-from ..scoring.engine import score_request
-from ._core import WhiteboxInput, answer_logits, embed
+from ._core import WhiteboxInput, answer_logits, embed, leave_one_out
 from ._method import WhiteboxConfig, WhiteboxMethod, WhiteboxScores
 
 __all__ = [
@@ -588,15 +586,7 @@ class Heat(WhiteboxMethod):
         assert isinstance(cfg, HeatConfig)
         out = np.zeros(wi.n_prompt, dtype=np.float64)
         if cfg.masking == "feature":
-            prompt, answer = wi.prompt, wi.answer
-            assert prompt is not None
-            m = prompt.n_features
-            keeps = np.ones((m + 1, m), dtype=bool)
-            keeps[np.arange(1, m + 1), np.arange(m)] = False
-            request = ScoringRequest(
-                prompts=[prompt.render(keep) for keep in keeps], answer=answer, target="kl"
-            )
-            result = score_request(wi.lm, request, reuse_prefix=wi.lm.reuse_prefix)
+            result = leave_one_out(wi, "kl")
             kl = np.clip(np.asarray(result.targets[1:], dtype=np.float64), 0.0, None)
             for f, idx in enumerate(wi.feature_tokens):
                 if idx is not None:
