@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..errors import AttribError, ConfigError, ContextWindowError, InputError, ScoringError
+from ..errors import AttribError, ConfigError, InputError, ScoringError
 from ..prompt import RenderedPrompt
 from .base import CaptureSpec, ScoreResult, ScoringRequest
 from .capture import recording, resolve_layer, span_embeddings
@@ -275,13 +275,7 @@ def prepare(lm: LocalModel, request: ScoringRequest, *, reuse_prefix: bool = Tru
         raise InputError("the answer tokenises to zero tokens")
     rows = [tokenize_prompt(lm, p, index=n) for n, p in enumerate(request.prompts)]
     for n, row in enumerate(rows):
-        total = len(row.ids) + len(answer_ids)
-        if total > lm.context_window:
-            raise ContextWindowError(
-                f"prompts[{n}] plus the answer is {total} tokens; {lm.name} accepts {lm.context_window}",
-                n_tokens=total,
-                limit=lm.context_window,
-            )
+        lm.check_fits(len(row.ids) + len(answer_ids), f"prompts[{n}] plus the answer")
     ref = rows[0].ids
     # The hidden state at the last prompt token predicts the first answer token, so it is never shared.
     shared = [0] + [

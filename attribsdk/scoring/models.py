@@ -334,6 +334,16 @@ class LocalModel:
         """The prompt text for ``messages`` and where each message's content starts in it."""
         return render_chat(self.tokenizer, messages, add_generation_prompt=add_generation_prompt)
 
+    def check_fits(self, n_tokens: int, what: str) -> None:
+        """Raise :class:`ContextWindowError` when ``n_tokens`` (described by ``what``, e.g. "prompts[3]
+        plus the answer") exceed the model's context window."""
+        if n_tokens > self._context_window:
+            raise ContextWindowError(
+                f"{what} is {n_tokens} tokens; {self._name} accepts {self._context_window}",
+                n_tokens=n_tokens,
+                limit=self._context_window,
+            )
+
     # -- scoring ----------------------------------------------------------------------------------
     @property
     def reuse_prefix(self) -> bool:
@@ -377,13 +387,7 @@ class LocalModel:
             chat = render_chat(tokenizer, messages, add_generation_prompt=True)
             enc = tokenizer(chat.text, add_special_tokens=chat.add_special_tokens, return_tensors="pt")
             n_input = int(enc["input_ids"].shape[1])
-            if n_input + params.max_tokens > self._context_window:
-                raise ContextWindowError(
-                    f"prompt ({n_input} tokens) plus max_tokens ({params.max_tokens}) exceeds "
-                    f"{self._name}'s context window of {self._context_window}",
-                    n_tokens=n_input + params.max_tokens,
-                    limit=self._context_window,
-                )
+            self.check_fits(n_input + params.max_tokens, f"the prompt ({n_input}) plus max_tokens")
             eos_ids = self._eos_ids()
             config = GenerationConfig(  # type: ignore[no-untyped-call]
                 max_new_tokens=params.max_tokens,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import ConfigError, ContextWindowError, FeatureError, InputError
+from ..errors import ConfigError, FeatureError, InputError
 from ..prompt import Prompt
 from ..scoring.base import ScoreResult, ScoringRequest
 from ..scoring.engine import score_request, tokenize_prompt
@@ -71,13 +71,7 @@ def prepare_input(lm: LocalModel, prompt: Prompt, answer: str) -> WhiteboxInput:
         raise InputError("the answer tokenises to zero tokens")
     if all(f is None for f in tokenized.features):
         raise FeatureError("no feature of the prompt maps to a token of the model")
-    total = len(tokenized.ids) + len(answer_ids)
-    if total > lm.context_window:
-        raise ContextWindowError(
-            f"prompt plus answer is {total} tokens; {lm.name} accepts {lm.context_window}",
-            n_tokens=total,
-            limit=lm.context_window,
-        )
+    lm.check_fits(len(tokenized.ids) + len(answer_ids), "the prompt plus the answer")
     ids = torch.tensor(tokenized.ids + answer_ids, dtype=torch.long, device=lm.torch_device)
     return WhiteboxInput(
         lm=lm,

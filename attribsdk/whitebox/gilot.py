@@ -106,7 +106,7 @@ import ot
 import torch
 from pydantic import Field
 
-from ..errors import ContextWindowError, InputError, ScoringError
+from ..errors import InputError, ScoringError
 from ..scoring.engine import pack_batches
 from ..scoring.models import LocalModel
 from ._core import WhiteboxInput
@@ -734,14 +734,9 @@ class GiLOT(WhiteboxMethod):
                 n_positions = min(cfg.positions, wi.n_answer)
                 tree = PrefixTree.chain(wi.answer_ids[: n_positions - 1])
             else:
-                total = wi.n_prompt + cfg.positions - 1
-                if total > lm.context_window:
-                    raise ContextWindowError(
-                        f"prompt plus {cfg.positions - 1} beam tokens is {total} tokens; "
-                        f"{lm.name} accepts {lm.context_window}",
-                        n_tokens=total,
-                        limit=lm.context_window,
-                    )
+                lm.check_fits(
+                    wi.n_prompt + cfg.positions - 1, f"the prompt plus {cfg.positions - 1} beam tokens"
+                )
                 tree = beam_prefixes(lm, prompt, cfg.beams, cfg.positions - 1)
                 n_positions = tree.max_depth + 1
             marginals = _Marginals(lm, tree, n_positions, cfg.prefix_weights)
