@@ -29,6 +29,10 @@ def _run_explain(
         res = ex.explain_sync(**kwargs)
     if as_json:
         typer.echo(res.model_dump_json(indent=2))
+    elif sys.stdout.isatty():  # a person is reading: the rich view; pipes get the plain table
+        from .views.terminal import render
+
+        render(res, top=top)
     else:
         typer.echo(res.table(top))
 

@@ -44,6 +44,7 @@ from .eval.datasets import LabeledExample, load_dataset
 from .eval.metrics import plausibility
 from .explanation import Explanation
 from .prompt import Example
+from .views.progress import progress_bar
 
 if TYPE_CHECKING:
     from .scoring.base import Scorer
@@ -152,12 +153,15 @@ async def acompare(
     pricing: Pricing | None = None,
     closed_options: dict[str, Any] | None = None,
     write: bool = True,
+    progress: bool | None = None,
 ) -> CompareReport:
     """Run the comparison (see the module docstring) and write ``compare.json``/``compare.png``.
 
     ``examples`` replaces the dataset selection; ``surrogate`` replaces ``config.surrogate`` (e.g.
     a loaded :class:`~attribsdk.scoring.base.Scorer`); ``pricing`` adds price overrides;
     ``closed_options`` go to the closed model's factory (``base_url=``, ``api_key_env=``…).
+    ``progress`` shows one bar of finished explanations (methods × examples) on stderr
+    (``None``: when stderr is a terminal).
     """
     from .explainer import Explainer
 
@@ -192,6 +196,7 @@ async def acompare(
     params = GenerationParams(max_tokens=config.max_tokens, temperature=0.0)
     summaries: list[MethodSummary] = []
     rows: list[dict[str, Any]] = []
+    bar = progress_bar(len(config.methods) * len(examples), progress, description="comparing", stderr=True)
     try:
         for name in config.methods:
             ex = Explainer(
@@ -212,12 +217,16 @@ async def acompare(
                     await ex.scorer()  # load before the clock starts: every method gets it loaded
                 t0 = time.perf_counter()
                 results = await ex.explain_many(
-                    [Example(prompt=e.prompt, id=e.id) for e in examples], concurrency=config.concurrency
+                    [Example(prompt=e.prompt, id=e.id) for e in examples],
+                    concurrency=config.concurrency,
+                    progress=False,
+                    on_result=lambda _i, _r: bar(1),
                 )
                 wall = time.perf_counter() - t0
                 cost = ex.cost_report()
             summaries.append(_summarise(name, examples, results, cost, wall, rows))
     finally:
+        bar(0, close=True)
         if store is not None:
             await anyio.to_thread.run_sync(store.close)
 
@@ -353,31 +362,8 @@ def format_table(report: CompareReport) -> str:
 
 
 def plot_report(report: CompareReport, path: str | os.PathLike[str]) -> None:
-    """Cost vs quality: closed calls (left) and dollars (right) per explanation against AUROC."""
-    import matplotlib
+    """Cost vs quality: closed calls (left) and dollars (right) per explanation against AUROC
+    (drawn by :func:`attribsdk.views.plots.plot_cost_quality`)."""
+    from .views.plots import plot_cost_quality
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for s in report.methods:
-        n = max(s.n_examples, 1)
-        y = s.auroc if s.auroc is not None else float("nan")
-        axes[0].scatter([s.calls_per_explanation], [y], s=60)
-        axes[0].annotate(s.method, (s.calls_per_explanation, y), textcoords="offset points", xytext=(5, 5))
-        dollars = (s.cost_usd or 0.0) + (s.avoided_usd or 0.0)
-        if s.cost_usd is not None:
-            axes[1].scatter([dollars / n], [y], s=60)
-            axes[1].annotate(s.method, (dollars / n, y), textcoords="offset points", xytext=(5, 5))
-    axes[0].set_xlabel("closed calls per explanation")
-    axes[1].set_xlabel("$ per explanation (paid + served from cache)")
-    for ax in axes:
-        ax.set_ylabel("mean AUROC vs gold")
-        ax.grid(alpha=0.3)
-    label = report.config.price_as or report.closed
-    fig.suptitle(
-        f"{len(report.examples)} examples of {report.config.dataset}; priced as {label}", fontsize=10
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_cost_quality(report, path)

@@ -24,7 +24,7 @@ from .errors import AttribError, ConfigError, InputError, ScoringError
 from .explanation import Counts, Explanation, Timings
 from .methods import Method, MethodParts, make_method
 from .prompt import Example, Prompt, build_prompt
-from .views.progress import progress_bar
+from .views.progress import progress_bar, progress_enabled
 
 if TYPE_CHECKING:
     from .scoring.base import Scorer
@@ -209,11 +209,14 @@ class Explainer:
         method: str | Method | None = None,
         seed: int | None = None,
         language: str = "en",
+        progress: bool | None = None,
     ) -> Explanation:
         """Explain the closed model's answer to ``question`` (about ``context``, if given).
 
         Features are the context's ``features`` (granularity or explicit spans) or, without a
         context, the question's. When ``answer`` is given the closed model is not called.
+        ``progress`` shows a bar on stderr while the method runs, counting the closed calls of
+        closed-loop methods (``None``: for closed-loop methods when stderr is a terminal).
         """
         t0 = time.perf_counter()
         prompt = build_prompt(
@@ -227,7 +230,13 @@ class Explainer:
         )
         t_features = time.perf_counter() - t0
         return await self.explain_prompt(
-            prompt, answer=answer, method=method, seed=seed, _t_features=t_features, _t_start=t0
+            prompt,
+            answer=answer,
+            method=method,
+            seed=seed,
+            progress=progress,
+            _t_features=t_features,
+            _t_start=t0,
         )
 
     async def explain_prompt(
@@ -237,10 +246,12 @@ class Explainer:
         answer: str | None = None,
         method: str | Method | None = None,
         seed: int | None = None,
+        progress: bool | None = None,
         _t_features: float = 0.0,
         _t_start: float | None = None,
     ) -> Explanation:
-        """Explain the answer to a ready :class:`~attribsdk.prompt.Prompt`."""
+        """Explain the answer to a ready :class:`~attribsdk.prompt.Prompt` (``progress`` as in
+        :meth:`explain`)."""
         t_start = _t_start if _t_start is not None else time.perf_counter()
         meth = self.method if method is None else make_method(method)
         seed_v = self.seed if seed is None else seed
@@ -257,6 +268,7 @@ class Explainer:
                 seed_v,
                 tracked,
                 answer_given=answer is not None,
+                progress=progress,
                 t_features=_t_features,
                 t_closed=t_closed,
                 t_start=t_start,
@@ -271,6 +283,7 @@ class Explainer:
         tracked: CallLedger,
         *,
         answer_given: bool,
+        progress: bool | None,
         t_features: float,
         t_closed: float,
         t_start: float,
@@ -282,9 +295,20 @@ class Explainer:
             )
 
         # 2. the method (sampling → scoring → locality → regression)
+        needs_closed = bool(getattr(meth, "needs_closed", False))
+        bar = progress_bar(
+            None,
+            # auto: only closed-loop methods, whose many paid calls are the long part
+            progress if progress is not None else (needs_closed and progress_enabled(None)),
+            description=f"{meth.name}: {prompt.n_features} features"
+            + (", closed calls" if needs_closed else ""),
+            stderr=True,
+        )
         try:
             scorer = await self.scorer()
-            closed = await self.closed_model() if getattr(meth, "needs_closed", False) else None
+            closed: ClosedModel | None = await self.closed_model() if needs_closed else None
+            if closed is not None:
+                closed = _CountingModel(closed, bar)
             parts = MethodParts(scorer=scorer, closed=closed, params=self.params, seed=seed_v)
             result = await meth.attribute(prompt, completion.text, parts)
         except AttribError as exc:
@@ -295,6 +319,8 @@ class Explainer:
             raise ScoringError(
                 f"{type(exc).__name__}: {exc}", partial={"completion": completion, "cost": tracked.report()}
             ) from exc
+        finally:
+            bar(0, close=True)
 
         cost = tracked.report()
         timings = Timings(
@@ -350,27 +376,28 @@ class Explainer:
         examples: Iterable[Example | dict[str, Any]],
         *,
         concurrency: int = 4,
-        progress: bool = False,
+        progress: bool | None = None,
         on_result: Callable[[int, Explanation | AttribError], None] | None = None,
     ) -> list[Explanation | AttribError]:
         """Explain many examples concurrently; one failure never cancels the others.
 
         Returns one entry per example, in order: an :class:`Explanation` or the
         :class:`~attribsdk.errors.AttribError` that example raised (with ``partial`` results).
-        ``on_result(index, result)`` is called as each example finishes.
+        ``on_result(index, result)`` is called as each example finishes. ``progress`` shows a bar
+        of finished examples on stderr (``None``: when stderr is a terminal).
         """
         items = [e if isinstance(e, Example) else Example.model_validate(e) for e in examples]
         if concurrency < 1:
             raise ConfigError("concurrency must be ≥ 1")
         results: list[Explanation | AttribError | None] = [None] * len(items)
         limiter = anyio.CapacityLimiter(concurrency)
-        bar = progress_bar(len(items), progress, description="explaining")
+        bar = progress_bar(len(items), progress, description="explaining", stderr=True)
 
         async def run_one(i: int, ex: Example) -> None:
             async with limiter:
                 res: Explanation | AttribError
                 try:
-                    res = await self.explain_prompt(ex.to_prompt(), answer=ex.answer)
+                    res = await self.explain_prompt(ex.to_prompt(), answer=ex.answer, progress=False)
                 except AttribError as exc:
                     res = exc
                 except Exception as exc:
@@ -426,3 +453,24 @@ class Explainer:
     ) -> list[Explanation | AttribError]:
         result: list[Explanation | AttribError] = self._call(self.explain_many, list(examples), **kw)
         return result
+
+
+class _CountingModel:
+    """A closed model that advances a progress bar by one per finished call."""
+
+    def __init__(self, inner: ClosedModel, bar: Callable[..., None]) -> None:
+        self._inner = inner
+        self._bar = bar
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    async def generate(self, messages: list[Message], params: GenerationParams) -> Completion:
+        try:
+            return await self._inner.generate(messages, params)
+        finally:
+            self._bar(1)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import math
+import os
 import textwrap
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .adapters.base import Usage
 from .cost import CostReport
 from .features import Feature
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["Counts", "Explanation", "RankedFeature", "Samples", "Timings"]
 
@@ -45,12 +50,16 @@ class Samples(BaseModel):
 
     ``masks[n][i]`` is 1 when feature i was kept in sample n; ``targets`` are the raw target values
     (divergence from the unmasked input), ``distances``/``weights`` the locality kernel's output.
+    ``answer_logprobs[n][t]`` (``[N, T]``, nats) is the surrogate's log-probability of answer token
+    t under sample n, for methods that score the answer with the surrogate (``None`` otherwise):
+    the per-token data that lets one set of perturbations explain any span of the answer.
     """
 
     masks: list[list[int]]
     targets: list[float]
     distances: list[float]
     weights: list[float]
+    answer_logprobs: list[list[float]] | None = None
 
 
 class RankedFeature(BaseModel):
@@ -151,3 +160,42 @@ class Explanation(BaseModel):
 
     def __str__(self) -> str:
         return self.table()
+
+    # The richer views live in attribsdk.views and import rich/matplotlib only when called.
+    def to_html(self, *, title: str | None = None, full_page: bool = True, top: int | None = None) -> str:
+        """Self-contained HTML: the highlighted input, answer, ranked table and cost summary
+        (see :func:`attribsdk.views.html.to_html`)."""
+        from .views.html import to_html
+
+        return to_html(self, title=title, full_page=full_page, top=top)
+
+    def save_html(self, path: str | os.PathLike[str], *, title: str | None = None) -> Path:
+        """Write :meth:`to_html` (a complete page, UTF-8) to ``path``; returns the path."""
+        out = Path(path)
+        out.write_text(self.to_html(title=title), encoding="utf-8")
+        return out
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rich display: the HTML fragment."""
+        return self.to_html(full_page=False)
+
+    def __rich__(self) -> Any:
+        """rich's display protocol: ``rich.print(explanation)`` shows the terminal view."""
+        from .views.terminal import renderable
+
+        return renderable(self)
+
+    def show(self, *, top: int | None = None) -> None:
+        """Print the terminal view (rich) on stdout."""
+        from .views.terminal import render
+
+        render(self, top=top)
+
+    def plot(
+        self, path: str | os.PathLike[str] | None = None, *, ax: Any = None, top: int | None = 20
+    ) -> Figure:
+        """Bar chart of the signed attributions (see :func:`attribsdk.views.plots.plot_attributions`);
+        written as PNG to ``path`` when given. Returns the matplotlib Figure."""
+        from .views.plots import plot_attributions
+
+        return plot_attributions(self, path, ax=ax, top=top)

@@ -421,7 +421,7 @@ async def arun_benchmark(
     surrogates: Mapping[str, str | Scorer] | None = None,
     examples: Sequence[LabeledExample] | None = None,
     resume: bool = False,
-    progress: bool = False,
+    progress: bool | None = None,
     report: bool = True,
     reference: ReferenceTable | str | os.PathLike[str] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
@@ -433,8 +433,8 @@ async def arun_benchmark(
     a name/path or a ready :class:`~attribsdk.scoring.base.Scorer` (default: each name of
     ``config.surrogates``); ``examples`` replaces loading ``config.dataset`` (selection still
     applies). An existing ``rows.jsonl`` requires ``resume=True``. ``progress`` shows a rich
-    progress bar on stderr. ``report`` renders the report at the end (with ``reference`` points).
-    ``on_row`` is called with each new row.
+    progress bar on stderr (``None``: when stderr is a terminal). ``report`` renders the report at
+    the end (with ``reference`` points). ``on_row`` is called with each new row.
     """
     out = Path(out_dir)
     rows_path = out / ROWS_FILE
@@ -639,7 +639,9 @@ async def _explain_row(
     config: BenchConfig,
     closed_name: str,
 ) -> dict[str, Any]:
-    res = await explainer.explain_prompt(ex.prompt, answer=answer, method=unit.method, seed=unit.seed)
+    res = await explainer.explain_prompt(
+        ex.prompt, answer=answer, method=unit.method, seed=unit.seed, progress=False
+    )
     plaus = res.attributions if config.plausibility_scores == "attributions" else res.coefficients
     metrics: dict[str, float] = plausibility(plaus, ex.gold)
     faith_seconds = 0.0

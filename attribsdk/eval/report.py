@@ -13,7 +13,7 @@ fall into one bucket (HotpotQA full context: M ≥ 13) is grouped into quantile 
 (:func:`with_groups`), so "metric vs M" stays informative.
 
 Everything is recomputed from ``rows.jsonl``, so ``attribsdk bench report DIR`` can re-render a
-finished or interrupted run. Plots use matplotlib's Agg canvas directly (no pyplot state).
+finished or interrupted run. Plots are drawn by :mod:`attribsdk.views.plots`.
 """
 
 from __future__ import annotations
@@ -266,22 +266,20 @@ def _plot(
     reference: ReferenceTable | None,
     path: Path,
 ) -> bool:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    """Write one metric-vs-M plot (drawn by :func:`attribsdk.views.plots.plot_metric_vs_m`);
+    ``False`` (nothing written) when no method has a value for ``metric``."""
     sel = [r for r in rows if r["dataset"] == dataset and r["surrogate"] == surrogate]
     buckets = sorted({str(r["group"]) for r in sel}, key=_bucket_key)
     refs = reference.select(dataset=dataset, metric=metric) if reference else []
     buckets += sorted({p.bucket for p in refs if p.bucket != ALL and p.bucket not in buckets})
     buckets.sort(key=_bucket_key)
     xpos = {b: i for i, b in enumerate(buckets)}
-    fig = Figure(figsize=(7.0, 4.2), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    drawn = False
+    series: dict[str, tuple[list[float], list[float], list[float]]] = {}
     n_methods = max(1, len(methods))
     for j, method in enumerate(methods):
-        xs, ys, es = [], [], []
+        xs: list[float] = []
+        ys: list[float] = []
+        es: list[float] = []
         for b in buckets:
             members = [r for r in sel if r["method"] == method and r["group"] == b]
             s = summarize(r.get("metrics", {}).get(metric) for r in members)
@@ -290,29 +288,19 @@ def _plot(
                 ys.append(s.mean)
                 es.append(0.0 if math.isnan(s.sem) else s.sem)
         if xs:
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
-            drawn = True
-    for i, p in enumerate(refs):
-        if p.bucket in xpos:
-            ax.scatter(
-                [xpos[p.bucket]],
-                [p.value],
-                marker="x",
-                color="black",
-                zorder=5,
-                label=f"reference ({p.citation})" if i == 0 else None,
-            )
-    if not drawn:
+            series[method] = (xs, ys, es)
+    if not series:
         return False
-    ax.set_xticks(range(len(buckets)), buckets)
-    ax.set_xlabel("number of features M")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{dataset} · {metric} (mean ± s.e.m.) · surrogate {surrogate}", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    from ..views.plots import plot_metric_vs_m
+
+    plot_metric_vs_m(
+        buckets,
+        series,
+        path,
+        references=[(float(xpos[p.bucket]), p.value, p.citation) for p in refs if p.bucket in xpos],
+        metric=metric,
+        title=f"{dataset} · {metric} (mean ± s.e.m.) · surrogate {surrogate}",
+    )
     return True
 
 
