@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q --disable-pip-version-check
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint typecheck bench bench-engine clean
+.PHONY: install demo test test-fast browser lint typecheck bench bench-engine clean
 
 install: $(STAMP)
 
@@ -23,7 +23,11 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(VENV)/bin/attribsdk demo
 
-test: install
+# Headless Chromium (Debian's package) for the HTML view's browser test; idempotent, needs root.
+browser:
+	bash scripts/install_chromium.sh
+
+test: install browser
 	$(PY) -m pytest
 
 test-fast: install

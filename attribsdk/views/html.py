@@ -87,6 +87,12 @@ def feature_color(attribution: float, coefficient: float, max_attribution: float
     return ("pos", _rgba(POSITIVE_RGB, alpha)) if coefficient > 0 else ("neg", _rgba(NEGATIVE_RGB, alpha))
 
 
+def _ink(colour: str) -> str:
+    """White text on strong backgrounds (opacity above 0.55), the default ink otherwise."""
+    alpha = colour.rsplit(",", 1)[-1].rstrip(")") if colour.startswith("rgba(") else "0"
+    return ";color:#fff" if float(alpha) > 0.55 else ""
+
+
 def input_segments(explanation: Explanation) -> list[tuple[str, list[tuple[str, int | None]]]]:
     """The explained input as ``[(role, [(text, feature_index | None), ...]), ...]``.
 
@@ -158,7 +164,7 @@ def _highlighted_input(expl: Explanation) -> str:
             html_pieces.append(
                 f'<span class="{classes}" data-index="{idx}" data-rank="{rank}" '
                 f'data-attr="{attr:.6g}" data-coef="{coef:.6g}" title="{escape(title)}" '
-                f'style="background-color:{colour}">{escape(text)}</span>'
+                f'style="background-color:{colour}{_ink(colour)}">{escape(text)}</span>'
             )
         blocks.append(f'<span class="role">{escape(role)}</span>' + "".join(html_pieces))
     return '<div class="box input">' + "\n".join(blocks) + "</div>"
