@@ -21,7 +21,15 @@ from pydantic import Field, field_validator
 from ._strategy import StrategyModel, build_strategy
 from .errors import InputError
 
-__all__ = ["WLS", "LinearFit", "Solver", "SolverConfig", "make_solver", "normalize_attributions"]
+__all__ = [
+    "WLS",
+    "LinearFit",
+    "Solver",
+    "SolverConfig",
+    "fit_answer_spans",
+    "make_solver",
+    "normalize_attributions",
+]
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,47 @@ def normalize_attributions(coef: np.ndarray) -> np.ndarray:
     magnitude = np.abs(c)
     total = magnitude.sum()
     return magnitude / total if total > 0 else np.zeros_like(magnitude)
+
+
+def fit_answer_spans(
+    masks: np.ndarray,
+    answer_logprobs: np.ndarray,
+    weights: np.ndarray,
+    token_spans: list[tuple[int, int]],
+    solver: Solver,
+) -> list[LinearFit | None]:
+    """One weighted fit per span of the answer, all on the same perturbations.
+
+    ContextCite's observation: the surrogate scores every answer token under every perturbation,
+    so one set of N scored prompts explains any span of the answer. For span ``(t0, t1)`` (answer
+    tokens ``t0 <= t < t1``) the regressed value of sample n is the mean change of those tokens'
+    log-probabilities against the reference (row 0)::
+
+        y_n = mean_t (log p_n(a_t) - log p_0(a_t))      (nats per token; 0 for the reference)
+
+    i.e. minus their ΔNLL, so a positive coefficient means keeping the feature keeps that part of
+    the answer likely (it supports it), as for the whole-answer fit.
+
+    Args:
+        masks: ``[N, M]`` keep-masks (row 0 the reference).
+        answer_logprobs: ``[N, T]`` log-probabilities of the answer tokens (nats).
+        weights: ``[N]`` sample weights (the locality kernel's).
+        token_spans: half-open token ranges, each within ``[0, T]``.
+        solver: the solver of the whole-answer fit.
+
+    Returns one :class:`LinearFit` per span, ``None`` for an empty span.
+    """
+    lp = np.asarray(answer_logprobs, dtype=np.float64)
+    z = np.asarray(masks, dtype=np.float64)
+    if lp.ndim != 2 or lp.shape[0] != z.shape[0]:
+        raise InputError(f"answer_logprobs must be [N, T] with N = {z.shape[0]}, got shape {lp.shape}")
+    delta = lp - lp[0]
+    fits: list[LinearFit | None] = []
+    for t0, t1 in token_spans:
+        if not 0 <= t0 <= t1 <= lp.shape[1]:
+            raise InputError(f"token span ({t0}, {t1}) is outside the answer's {lp.shape[1]} tokens")
+        fits.append(solver.fit(z, delta[:, t0:t1].mean(axis=1), weights) if t1 > t0 else None)
+    return fits
 
 
 # -- configuration -------------------------------------------------------------------------------

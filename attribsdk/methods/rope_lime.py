@@ -136,6 +136,7 @@ class RopeLime:
                 targets=[float(v) for v in scores.targets],
                 distances=[float(v) for v in loc.distances],
                 weights=[float(v) for v in loc.weights],
+                answer_logprobs=np.asarray(scores.answer_logprobs, dtype=np.float64).tolist(),
             ),
             surrogate_sequences=scores.n_sequences,
             surrogate_tokens=scores.n_tokens,
