@@ -44,7 +44,7 @@ _CORPUS = [
 
 
 @functools.cache
-def _trained_tokenizer_json() -> str:
+def _trained_tokenizer_json(extra_corpus: tuple[str, ...] = ()) -> str:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -56,17 +56,18 @@ def _trained_tokenizer_json() -> str:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer)
+    tok.train_from_iterator(_CORPUS * 4 + list(extra_corpus), trainer)
     return str(tok.to_str())
 
 
-def tiny_tokenizer(*, chat_template: str | None = CHATML_TEMPLATE) -> Any:
-    """A fresh fast tokenizer (``chat_template=None``: a base-model tokenizer without a template)."""
+def tiny_tokenizer(*, chat_template: str | None = CHATML_TEMPLATE, extra_corpus: tuple[str, ...] = ()) -> Any:
+    """A fresh fast tokenizer (``chat_template=None``: a base-model tokenizer without a template;
+    ``extra_corpus``: more training text, e.g. to make chosen words single tokens)."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-        tokenizer_object=Tokenizer.from_str(_trained_tokenizer_json()),
+        tokenizer_object=Tokenizer.from_str(_trained_tokenizer_json(tuple(extra_corpus))),
         bos_token="<|im_start|>",
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
@@ -237,36 +238,53 @@ PLANTED_WORDS = [
     "large",
 ]
 PLANTED_CITIES = {"Paris": "France", "Berlin": "Germany"}
+#: The answer when the prompt names no city: deleting the city word flips the answer to this.
+PLANTED_NO_CITY = "Unknown"
 PLANTED_QUESTION = "Which country?"
+#: Extra tokenizer text so that every planted word, city and answer is one token, with and without
+#: a leading space (a city split into " " + "Berlin" would let the model answer from the space).
+_PLANTED_VOCAB = [*PLANTED_WORDS, *PLANTED_CITIES, *PLANTED_CITIES.values(), PLANTED_NO_CITY]
+_PLANTED_CORPUS = tuple(f"{w} {w} {w} {w}." for w in _PLANTED_VOCAB for _ in range(6))
 
 
-def planted_example(seed: int, n_words: int = 8) -> tuple[Any, str, int]:
+def planted_tokenizer() -> Any:
+    """:func:`tiny_tokenizer` trained with the planted vocabulary as single tokens."""
+    return tiny_tokenizer(extra_corpus=_PLANTED_CORPUS)
+
+
+def planted_example(seed: int, n_words: int = 8, *, city: bool = True) -> tuple[Any, str, int]:
     """A word-feature prompt of ``n_words`` distractor words with one city word at a random place,
-    the answer the city determines, and the city's feature index."""
+    the answer the city determines, and the city's feature index. ``city=False``: the same prompt
+    without the city word, answer :data:`PLANTED_NO_CITY` and index ``-1``."""
     from attribsdk.prompt import build_prompt
 
     rng = np.random.default_rng(seed)
     words = [str(w) for w in rng.choice(PLANTED_WORDS, size=n_words)]
-    city = str(rng.choice(list(PLANTED_CITIES)))
+    name = str(rng.choice(list(PLANTED_CITIES)))
     pos = int(rng.integers(0, n_words + 1))
-    words.insert(pos, city)
+    if not city:
+        return build_prompt(PLANTED_QUESTION, " ".join(words), features="words"), PLANTED_NO_CITY, -1
+    words.insert(pos, name)
     prompt = build_prompt(PLANTED_QUESTION, " ".join(words), features="words")
-    return prompt, PLANTED_CITIES[city], pos
+    return prompt, PLANTED_CITIES[name], pos
 
 
 @functools.cache
 def _planted_state() -> tuple[dict[str, torch.Tensor], str]:
-    """Train :func:`tiny_llama` (once per process, ~2 s) so that the answer's first token is decided
-    by the one city word in the prompt and by nothing else."""
+    """Train :func:`tiny_llama` (once per process, a few seconds) so that the answer's first token is
+    decided by the one city word in the prompt and by nothing else (no city: ``Unknown``)."""
     from attribsdk.scoring.engine import tokenize_prompt
     from attribsdk.scoring.models import LocalModel
 
-    tok = tiny_tokenizer()
+    tok = planted_tokenizer()
+    for w in _PLANTED_VOCAB:  # the premise of every planted test: one word, one token
+        assert len(tok.tokenize(" " + w)) == 1 and len(tok.tokenize(w)) == 1, (w, tok.tokenize(" " + w))
     model = tiny_llama(len(tok), seed=0, init_range=0.02)
     lm = LocalModel(model, tok, name="planted")
     seqs: list[tuple[list[int], int]] = []
-    for seed in range(200):
-        prompt, answer, _ = planted_example(seed, n_words=int(np.random.default_rng(seed).integers(4, 10)))
+    for seed in range(300):
+        n_words = int(np.random.default_rng(seed).integers(4, 10))
+        prompt, answer, _ = planted_example(seed, n_words=n_words, city=seed % 3 != 2)
         prompt_ids = tokenize_prompt(lm, prompt.render()).ids
         answer_ids = tok(answer, add_special_tokens=False)["input_ids"]
         seqs.append((prompt_ids + answer_ids, len(prompt_ids)))
@@ -274,7 +292,7 @@ def _planted_state() -> tuple[dict[str, torch.Tensor], str]:
     model.train()
     gen = torch.Generator().manual_seed(0)
     recent: list[float] = []
-    for _ in range(300):
+    for _ in range(400):
         batch = [seqs[int(i)] for i in torch.randint(len(seqs), (16,), generator=gen)]
         width = max(len(s) for s, _ in batch)
         ids = torch.full((len(batch), width), tok.pad_token_id)
@@ -296,12 +314,13 @@ def _planted_state() -> tuple[dict[str, torch.Tensor], str]:
 
 
 def planted_model() -> LocalModel:
-    """A fresh :class:`LocalModel` whose answer (``France``/``Germany``) is determined by one input
-    token (the city word ``Paris``/``Berlin``) among distractor words: see :func:`planted_example`."""
+    """A fresh :class:`LocalModel` whose answer (``France``/``Germany``, ``Unknown`` without a city)
+    is determined by one input token (the city word ``Paris``/``Berlin``) among distractor words:
+    see :func:`planted_example`."""
     from attribsdk.scoring.models import LocalModel
 
     state, _ = _planted_state()
-    tok = tiny_tokenizer()
+    tok = planted_tokenizer()
     model = tiny_llama(len(tok), seed=0, init_range=0.02)
     model.load_state_dict(state)
     return LocalModel(model.eval(), tok, name="planted")

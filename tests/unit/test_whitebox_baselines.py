@@ -34,11 +34,9 @@ from tests.tiny_models import planted_example, planted_model, tiny_gemma3, tiny_
 QUESTION = "What is the capital of France?"
 CONTEXT = ["The capital of France is Paris.", "Berlin is the capital of Germany."]
 
-#: Seeds whose planted example is a *Berlin* prompt (answer "Germany"). The planted model answers
-#: "France" by default: removing "Berlin" costs ~2.5 nats/token, removing "Paris" changes the
-#: answer's log-probability by < 1e-4 (measured), so only Berlin prompts carry a dependency that
-#: attribution can find; on Paris prompts every method ranks noise.
-GERMANY_SEEDS = [5, 8, 9, 10, 12]
+#: Held-out planted prompts (the model trained on seeds 0-299), Paris and Berlin alike: deleting
+#: the city flips the answer to "Unknown" (tests/unit/test_whitebox_core.py checks it).
+PLANTED_SEEDS = [1000, 1001, 1002, 1003, 1004]
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +73,12 @@ def _reference_logprob(lm: LocalModel, ids: torch.Tensor, n_prompt: int, answer_
     ids=["saliency", "integrated-gradients", "attention-layer0", "occlusion"],
 )
 def test_planted_city_is_ranked_first(planted: LocalModel, method: WhiteboxMethod) -> None:
-    """Measured on the first 20 Berlin seeds: saliency 17/20, integrated gradients (defaults)
-    15/20, attention at layer 0 20/20, occlusion 20/20 -- all 5/5 on these five seeds.
-    Input x gradient (0/20; the model is saturated, p(answer) ≈ 0.985) and last-layer attention
-    (0/20; by the last of 2 layers the answer positions read the city's information elsewhere)
-    do not rank the city first, so they are checked numerically below instead."""
-    for seed in GERMANY_SEEDS:
+    """Measured on held-out seeds 1000-1019: saliency, integrated gradients (defaults), attention at
+    layer 0 and occlusion rank the city first on 20/20. Input x gradient (7/20; the model is
+    saturated, p(answer) ≈ 0.99) and last-layer attention (0/20, top 3 on 10/20: by the last of 2
+    layers the answer positions read the city's information elsewhere) do not, so they are checked
+    numerically below instead."""
+    for seed in PLANTED_SEEDS:
         prompt, answer, city = planted_example(seed)
         res = _run(method, planted, prompt, answer, seed)
         assert int(np.argmax(res.coefficients)) == city, (seed, res.coefficients)

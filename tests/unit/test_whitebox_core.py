@@ -38,14 +38,22 @@ def test_prepare_input_and_answer_only_logits_match_the_full_forward() -> None:
 
 
 def test_planted_model_answers_from_the_city_word() -> None:
+    """The premise of every planted test: the city word (one token) decides the answer, and the
+    same prompt without it answers ``Unknown``."""
     lm = planted_model()
     for seed in range(1000, 1010):
-        prompt, answer, city = planted_example(seed)
-        assert prompt.features[city].text in {"Paris", "Berlin"}
-        wi = prepare_input(lm, prompt, answer)
-        with torch.no_grad():
-            logits, _ = answer_logits(wi, embed(wi))
-        assert int(logits[0, 0].argmax()) == wi.answer_ids[0]
+        for with_city in (True, False):
+            prompt, answer, city = planted_example(seed, city=with_city)
+            if with_city:
+                assert prompt.features[city].text in {"Paris", "Berlin"}
+            else:
+                assert answer == "Unknown" and city == -1
+                assert not {"Paris", "Berlin"} & {f.text for f in prompt.features}
+            wi = prepare_input(lm, prompt, answer)
+            assert len(wi.answer_ids) == 1
+            with torch.no_grad():
+                logits, _ = answer_logits(wi, embed(wi))
+            assert int(logits[0, 0].argmax()) == wi.answer_ids[0], (seed, with_city)
 
 
 class _Constant(WhiteboxMethod):

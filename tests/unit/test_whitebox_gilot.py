@@ -30,7 +30,7 @@ from attribsdk.whitebox.gilot import (
     ipot,
     sinkhorn,
 )
-from tests.tiny_models import planted_example, planted_model, tiny_gemma3, tiny_local_model, tiny_tokenizer
+from tests.tiny_models import PLANTED_QUESTION, planted_example, planted_model, tiny_gemma3, tiny_local_model, tiny_tokenizer
 
 # --------------------------------------------------------------------------------------------------
 # the transport solvers
@@ -222,12 +222,9 @@ def planted() -> LocalModel:
     return planted_model()
 
 
-# Measured on planted_example seeds 1000-1029 (held out from the model's training seeds 0-199), city
-# ranked first: answer prefixes 29/30 (else 2nd); beam with positions=2 30/30; beam with the paper's
-# positions=10, beams=10: 26/30 with masked prefix weights (worst rank 4), 30/30 with the reference's.
-# The margins are thin (city ~1.2-4x the next word): the tiny tokenizer splits " Berlin" into " " +
-# "Berlin", and the planted model reads the answer off that lone space token (not part of the city
-# feature), so deleting the city barely moves p(answer) unless the city is the first word.
+# Measured on held-out planted_example seeds 1000-1019 (the model trained on seeds 0-299), city
+# ranked first: answer prefixes 20/20; beam with positions=2 20/20; beam with the paper's
+# positions=10, beams=10 and the reference's prefix weights 20/20.
 PLANTED_CONFIGS: dict[str, dict[str, Any]] = {
     "answer": {},
     "beam": {"prefixes": "beam", "positions": 2},
@@ -247,7 +244,9 @@ def test_planted_city_word_ranks_first(planted: LocalModel, name: str) -> None:
 
 
 def test_token_granularity_agrees_with_features_on_one_token_features(planted: LocalModel) -> None:
-    prompt, answer, _ = planted_example(1001)
+    base, answer, _ = planted_example(1001)
+    # planted words are one token each; "Zebrafinch" is several, so token units outnumber features
+    prompt = build_prompt(PLANTED_QUESTION, "Zebrafinch " + base.documents[0].text, features="words")
     wi = prepare_input(planted, prompt, answer)
     by_feature = GiLOT().run(wi, np.random.default_rng(0))
     by_token = GiLOT(granularity="token").run(wi, np.random.default_rng(0))

@@ -20,9 +20,9 @@ from attribsdk.whitebox import prepare_input
 from attribsdk.whitebox.grad_ellm import GradELLM, head_values, loosened_attention, resolve_layers
 from tests.tiny_models import planted_example, planted_model
 
-#: Planted prompts whose city is *Berlin*: the planted model answers "France" by default, so only
-#: Berlin prompts carry a dependency on the city (deleting "Paris" moves nothing, measured).
-GERMANY_SEEDS = [5, 8, 9, 10, 12]
+#: Held-out planted prompts (the model trained on seeds 0-299), Paris and Berlin alike: deleting
+#: the city flips the answer to "Unknown" (tests/unit/test_whitebox_core.py checks it).
+PLANTED_SEEDS = [1000, 1001, 1002, 1003, 1004]
 
 
 @pytest.fixture(scope="module")
@@ -39,22 +39,21 @@ def _attribute(method: GradELLM, lm: LocalModel, prompt: Any, answer: str) -> An
 
 
 def test_planted_city_carries_the_largest_but_negative_linear_contribution(planted: LocalModel) -> None:
-    """Measured on the first 20 Berlin prompts: signed scores (``rectify="none"``) put the city
-    last, i.e. most negative, on 20/20; magnitudes (``"abs"``) rank it first on 11/20 and in the
-    top 3 on 20/20 (first on all five seeds below); the paper's ReLU ranks it first on 1/20 and
-    last on 15/20. The
-    answer logit is saturated along the city's attention output (module docs), so the gradient
-    sees a negative slope where removing the city costs 0.75 nats."""
+    """Measured on held-out seeds 1000-1019: signed scores (``rectify="none"``) put the city last,
+    i.e. most negative, on 20/20; magnitudes (``"abs"``) rank it first on 20/20; the paper's ReLU
+    ranks it first on 0/20 (2nd-9th of 9). The answer logit is saturated along the city's attention
+    output (module docs), so the gradient sees a negative slope where removing the city flips the
+    answer."""
     signed, magnitude, relu = GradELLM(rectify="none"), GradELLM(rectify="abs"), GradELLM()
-    for seed in GERMANY_SEEDS:
+    for seed in PLANTED_SEEDS:
         prompt, answer, city = planted_example(seed)
         s = _attribute(signed, planted, prompt, answer).coefficients
         assert int(np.argmin(s)) == city and s[city] < 0, (seed, s)
         a = _attribute(magnitude, planted, prompt, answer).coefficients
-        assert int((a > a[city]).sum()) < 3, (seed, a)
+        assert int(np.argmax(a)) == city, (seed, a)
         r = _attribute(relu, planted, prompt, answer).coefficients
-        # the paper's ReLU drops that part: the city falls to the bottom half (7th-9th of 9 here)
-        assert (r >= 0).all() and int((r > r[city]).sum()) >= len(r) // 2, (seed, r)
+        # the paper's ReLU drops the city's (negative) layer maps: it never comes out on top here
+        assert (r >= 0).all() and r[city] < r.max(), (seed, r)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -92,7 +91,7 @@ def _capture(lm: LocalModel, wi: Any) -> tuple[dict[int, torch.Tensor], dict[int
 def test_attention_output_decomposes_over_head_values(planted: LocalModel) -> None:
     """``o_t[h·D + d] = Σ_i softmax(q k·scaling)_h[t, i] · head_values(v)[h, i, d]``: the layout
     Grad-ELLM's channel sum relies on (grouped-query heads included: 4 query / 2 KV heads)."""
-    prompt, answer, _ = planted_example(GERMANY_SEEDS[0])
+    prompt, answer, _ = planted_example(PLANTED_SEEDS[0])
     wi = prepare_input(planted, prompt, answer)
     outs, vals, rec, _ = _capture(planted, wi)
     for layer, block in enumerate(planted.decoder.layers):
@@ -110,7 +109,7 @@ def test_attention_output_decomposes_over_head_values(planted: LocalModel) -> No
 def test_map_equals_an_independent_recomputation(planted: LocalModel) -> None:
     """Plain per-step gradients, per-head loops and explicit min-max cosine maps reproduce the
     method's vectorised computation (both layers, both answer tokens, default options)."""
-    prompt, answer, _ = planted_example(GERMANY_SEEDS[1])
+    prompt, answer, _ = planted_example(PLANTED_SEEDS[1])
     wi = prepare_input(planted, prompt, answer)
     outs, vals, rec, picked = _capture(planted, wi)
     n = wi.n_prompt
@@ -196,7 +195,7 @@ def test_bad_options_raise_config_error(options: dict[str, Any]) -> None:
 
 
 def test_layers_outside_the_model_raise_config_error_and_leave_no_hooks(planted: LocalModel) -> None:
-    prompt, answer, _ = planted_example(GERMANY_SEEDS[0])
+    prompt, answer, _ = planted_example(PLANTED_SEEDS[0])
     with pytest.raises(ConfigError, match="out of range"):
         _attribute(GradELLM(layers=(5,)), planted, prompt, answer)
     result = _attribute(GradELLM(layers=(-1,), spatial="scores"), planted, prompt, answer)
@@ -209,7 +208,7 @@ def test_layers_outside_the_model_raise_config_error_and_leave_no_hooks(planted:
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_explainer_end_to_end_json_round_trip(planted: LocalModel, anyio_backend: str) -> None:
-    prompt, answer, _ = planted_example(GERMANY_SEEDS[2])
+    prompt, answer, _ = planted_example(PLANTED_SEEDS[2])
     method: Any = GradELLM(rectify="abs")
     async with Explainer(closed=TestModel("unused"), surrogate=planted, cache=False, method=method) as ex:
         res = await ex.explain_prompt(prompt, answer=answer)

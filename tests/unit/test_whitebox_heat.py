@@ -31,10 +31,9 @@ from attribsdk.whitebox.heat import (
 from attribsdk.whitebox.heat import _windows as heat_windows
 from tests.tiny_models import planted_example, planted_model
 
-#: Planted prompts whose city is *Berlin*. The planted model answers "France" by default: deleting
-#: "Paris" from a Paris prompt changes the answer distribution by KL < 1e-4 nats (measured), so
-#: only Berlin prompts carry a dependency an attribution can find. Each test run checks it again.
-GERMANY_SEEDS = [5, 8, 9, 10, 12]
+#: Held-out planted prompts (the model trained on seeds 0-299), Paris and Berlin alike: deleting
+#: the city flips the answer to "Unknown" (tests/unit/test_whitebox_core.py checks it).
+PLANTED_SEEDS = [1000, 1001, 1002, 1003, 1004]
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +63,10 @@ def _attribute(method: Heat, lm: LocalModel, prompt: Any, answer: str, seed: int
     ids=["defaults", "curvature-only", "information-only", "low-rank", "token-masking", "windowed", "raw"],
 )
 def test_planted_city_is_ranked_first(planted: LocalModel, options: dict[str, Any]) -> None:
-    """Measured on the first 20 Berlin prompts: the city ranks first on 20/20 with every option set
-    here (defaults, M·S alone, M·I alone, low rank, token masking, windows of 4, raw sums) and on
-    17/20 with ``layers=1`` (by the last of 2 layers the answer positions already hold the city's
-    information, so the rollout and curvature of that layer alone point elsewhere; not asserted)."""
+    """Measured on held-out seeds 1000-1019: the city ranks first on 20/20 with the defaults and
+    with ``layers=1`` (the last of 2 layers alone)."""
     method = Heat(**options)
-    for seed in GERMANY_SEEDS:
+    for seed in PLANTED_SEEDS:
         prompt, answer, city = planted_example(seed)
         result = _attribute(method, planted, prompt, answer, seed=seed)
         coef = result.coefficients
@@ -81,7 +78,7 @@ def test_planted_city_is_ranked_first(planted: LocalModel, options: dict[str, An
 
 
 def test_components_and_counts_are_reported(planted: LocalModel) -> None:
-    prompt, answer, city = planted_example(GERMANY_SEEDS[0])
+    prompt, answer, city = planted_example(PLANTED_SEEDS[0])
     result = _attribute(Heat(probes=2, colors=3), planted, prompt, answer)
     extras = result.extras
     m = prompt.n_features
@@ -97,7 +94,7 @@ def test_components_and_counts_are_reported(planted: LocalModel) -> None:
 
 
 def test_same_seed_same_scores_and_probes_change_them(planted: LocalModel) -> None:
-    prompt, answer, _ = planted_example(GERMANY_SEEDS[1])
+    prompt, answer, _ = planted_example(PLANTED_SEEDS[1])
     a = _attribute(Heat(colors=2), planted, prompt, answer, seed=3).coefficients
     b = _attribute(Heat(colors=2), planted, prompt, answer, seed=3).coefficients
     c = _attribute(Heat(colors=2), planted, prompt, answer, seed=4).coefficients
@@ -173,7 +170,7 @@ def test_separable_function_is_exact_with_a_single_probe() -> None:
 def test_model_hvp_matches_the_hessian_of_one_token_block(planted: LocalModel) -> None:
     """The eager, hooked pass HEAT differentiates gives the model's own target and its exact
     Hessian on one token's 64-dim embedding block (torch.autograd.functional.hessian)."""
-    prompt, answer, city = planted_example(GERMANY_SEEDS[0])
+    prompt, answer, city = planted_example(PLANTED_SEEDS[0])
     wi = prepare_input(planted, prompt, answer)
     token = int(wi.feature_tokens[city][0])  # type: ignore[index]
     with torch.no_grad():  # the model's own forward, SDPA attention, full-sequence logits
@@ -203,12 +200,12 @@ def test_model_hvp_matches_the_hessian_of_one_token_block(planted: LocalModel) -
             target_of_block, base[0, token].clone()
         )
     assert planted.model.config._attn_implementation == ATTENTION_NAME
-    torch.testing.assert_close(hv[token], block @ v[token], rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(hv[token], block @ v[token], rtol=1e-3, atol=1e-5)  # fp32 double backward
     assert float(hv[token].norm()) > 0.0
 
 
 def test_layer_sampling_differentiates_the_residual_stream_of_the_last_layers(planted: LocalModel) -> None:
-    prompt, answer, _ = planted_example(GERMANY_SEEDS[0])
+    prompt, answer, _ = planted_example(PLANTED_SEEDS[0])
     wi = prepare_input(planted, prompt, answer)
     with eager_attention(planted):
         with target_graph(planted, wi.ids, wi.n_prompt, wi.answer_ids, depth=0) as full:
@@ -264,7 +261,7 @@ def test_windows_cover_the_feature_span() -> None:
 
 
 def test_token_masking_information_equals_a_direct_computation(planted: LocalModel) -> None:
-    prompt, answer, city = planted_example(GERMANY_SEEDS[2])
+    prompt, answer, city = planted_example(PLANTED_SEEDS[2])
     wi = prepare_input(planted, prompt, answer)
     result = _attribute(Heat(masking="token", batch_size=3), planted, prompt, answer)
     base = embed(wi).detach()
@@ -313,7 +310,7 @@ def test_bad_options_raise_config_error(options: dict[str, Any]) -> None:
 
 
 def test_feature_masking_needs_the_prompt_and_the_model_is_restored(planted: LocalModel) -> None:
-    prompt, answer, _ = planted_example(GERMANY_SEEDS[0])
+    prompt, answer, _ = planted_example(PLANTED_SEEDS[0])
     wi = dataclasses.replace(prepare_input(planted, prompt, answer), prompt=None)
     with pytest.raises(ConfigError, match="re-renders the prompt"):
         Heat().run(wi, np.random.default_rng(0))
@@ -329,7 +326,7 @@ def test_feature_masking_needs_the_prompt_and_the_model_is_restored(planted: Loc
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_explainer_end_to_end_json_round_trip(planted: LocalModel, anyio_backend: str) -> None:
-    prompt, answer, city = planted_example(GERMANY_SEEDS[3])
+    prompt, answer, city = planted_example(PLANTED_SEEDS[3])
     method: Any = Heat(colors=4)
     async with Explainer(closed=TestModel("unused"), surrogate=planted, cache=False, method=method) as ex:
         res = await ex.explain_prompt(prompt, answer=answer)
