@@ -30,7 +30,14 @@ from attribsdk.whitebox.gilot import (
     ipot,
     sinkhorn,
 )
-from tests.tiny_models import PLANTED_QUESTION, planted_example, planted_model, tiny_gemma3, tiny_local_model, tiny_tokenizer
+from tests.tiny_models import (
+    PLANTED_QUESTION,
+    planted_example,
+    planted_model,
+    tiny_gemma3,
+    tiny_local_model,
+    tiny_tokenizer,
+)
 
 # --------------------------------------------------------------------------------------------------
 # the transport solvers
