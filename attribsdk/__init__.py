@@ -9,6 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .adapters.base import ClosedModel, Completion, GenerationParams, Message, Usage
+    from .citations import (
+        Citation,
+        Citations,
+        CitedAnswer,
+        Citer,
+        SentenceCitations,
+        Source,
+        cite,
+        with_citations,
+    )
     from .errors import (
         AdapterError,
         AttribError,
@@ -32,6 +42,10 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "AdapterError": ".errors",
     "AttribError": ".errors",
+    "Citation": ".citations",
+    "Citations": ".citations",
+    "CitedAnswer": ".citations",
+    "Citer": ".citations",
     "ClosedModel": ".adapters.base",
     "Completion": ".adapters.base",
     "ConfigError": ".errors",
@@ -53,10 +67,14 @@ _LAZY: dict[str, str] = {
     "RopeLime": ".methods",
     "Samples": ".explanation",
     "ScoringError": ".errors",
+    "SentenceCitations": ".citations",
+    "Source": ".citations",
     "Timings": ".explanation",
     "Usage": ".adapters.base",
     "build_prompt": ".prompt",
+    "cite": ".citations",
     "make_method": ".methods",
+    "with_citations": ".citations",
 }
 
 
@@ -78,6 +96,10 @@ def __dir__() -> list[str]:
 __all__ = [
     "AdapterError",
     "AttribError",
+    "Citation",
+    "Citations",
+    "CitedAnswer",
+    "Citer",
     "ClosedModel",
     "Completion",
     "ConfigError",
@@ -99,9 +121,13 @@ __all__ = [
     "RopeLime",
     "Samples",
     "ScoringError",
+    "SentenceCitations",
+    "Source",
     "Timings",
     "Usage",
     "__version__",
     "build_prompt",
+    "cite",
     "make_method",
+    "with_citations",
 ]
