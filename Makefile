@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q --disable-pip-version-check
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast browser lint typecheck bench bench-engine clean
+.PHONY: install demo test test-fast browser redis-server lint typecheck bench bench-engine clean
 
 install: $(STAMP)
 
@@ -27,7 +27,11 @@ demo: install
 browser:
 	bash scripts/install_chromium.sh
 
-test: install browser
+# Debian's redis-server for the Redis cache backend's tests (each test run starts its own); idempotent.
+redis-server:
+	bash scripts/install_redis.sh
+
+test: install browser redis-server
 	$(PY) -m pytest
 
 test-fast: install
