@@ -249,8 +249,10 @@ def test_plot_attributions(words_expl: Explanation, tmp_path: Path) -> None:
     e = words_expl
     fig = e.plot(tmp_path / "attr.png", top=5)
     _png(tmp_path / "attr.png")
-    bars = fig.axes[0].patches
-    assert len(bars) == 5
+    from matplotlib.patches import Rectangle
+
+    bars = [p for p in fig.axes[0].patches if isinstance(p, Rectangle)]
+    assert len(bars) == len(fig.axes[0].patches) == 5
     ranked = e.ranked()[:5]
     widths = [b.get_width() for b in bars]  # drawn top (rank 1) first
     for w, r in zip(widths, ranked, strict=True):
