@@ -18,6 +18,7 @@ __all__ = [
     "AttribError",
     "AuthenticationError",
     "BudgetExceeded",
+    "CacheUnavailableError",
     "ConfigError",
     "ContextWindowError",
     "FeatureError",
@@ -57,6 +58,11 @@ class FeatureError(InputError):
 
 class ConfigError(AttribError):
     """A configuration value is invalid or inconsistent (unknown method, sampler, target, kernel)."""
+
+
+class CacheUnavailableError(ConfigError, ConnectionError):
+    """The response cache's server (e.g. Redis) could not be reached, refused the credentials or
+    failed a command. The URL in the message has its password redacted."""
 
 
 class ModelNotFoundError(AttribError, LookupError):

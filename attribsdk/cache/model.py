@@ -1,10 +1,11 @@
-""":class:`CachedModel`: answers from the disk cache, each distinct request sent upstream at most once.
+""":class:`CachedModel`: answers from a response cache, each distinct request sent upstream at most once.
 
 For a request it (1) joins an identical call already in flight in this process (single-flight),
-else (2) looks the key up, else (3) takes the key's cross-process lock, looks again (another
-process may have just answered it), and only then (4) calls the wrapped model and stores the
-answer. Errors, truncated answers (unless allowed) and invalid responses are never stored; an
-answer that cannot be stored is still returned.
+else (2) looks the key up, else (3) takes the key's cross-process lock (one machine's processes
+for the disk cache, a whole cluster's for Redis), looks again (another process may have just
+answered it), and only then (4) calls the wrapped model and stores the answer. Errors,
+truncated answers (unless allowed) and invalid responses are never stored; an answer that cannot
+be stored is still returned.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from ..adapters.base import ClosedModel, Completion, GenerationParams, Message
 from ..adapters.wrappers import ModelWrapper, describe_request
 from ..cost import CallLedger
 from ..errors import ConfigError
+from .backend import CacheBackend
 from .keys import request_key
-from .store import CacheEntry, ResponseCache
+from .store import CacheEntry
 
 __all__ = ["CachedModel"]
 
@@ -36,7 +38,7 @@ class _Flight:
 
 
 class CachedModel(ModelWrapper):
-    """Wraps a model with a :class:`ResponseCache`.
+    """Wraps a model with a response cache (any :class:`~attribsdk.cache.backend.CacheBackend`).
 
     Args:
         inner: the model to call on a miss.
@@ -51,14 +53,16 @@ class CachedModel(ModelWrapper):
     def __init__(
         self,
         inner: ClosedModel,
-        cache: ResponseCache,
+        cache: CacheBackend,
         *,
         ledger: CallLedger | None = None,
         allow_truncated: bool = False,
     ) -> None:
         super().__init__(inner)
-        if not isinstance(cache, ResponseCache):
-            raise ConfigError(f"cache must be a ResponseCache, got {type(cache).__name__}")
+        if not isinstance(cache, CacheBackend):
+            raise ConfigError(
+                f"cache must be a CacheBackend (DiskCache, RedisCache), got {type(cache).__name__}"
+            )
         self.cache = cache
         self.ledger = ledger
         self.allow_truncated = allow_truncated
@@ -116,7 +120,7 @@ class CachedModel(ModelWrapper):
                 try:
                     await self.cache.put(CacheEntry.create(key, self.name, dict(request), completion))
                 except Exception as exc:  # a full disk must not lose an answer that was paid for
-                    logger.warning("cache %s: could not store %s… (%s)", self.cache.directory, key[:12], exc)
+                    logger.warning("cache %s: could not store %s… (%s)", self.cache.location, key[:12], exc)
             return completion
 
     def _hit(self, completion: Completion) -> Completion:

@@ -4,9 +4,12 @@
   pickled or unpickled (:class:`JSONTextDisk` refuses both), eviction is off
   (``eviction_policy="none"``) and SQLite runs with ``synchronous=FULL``.
 * Every disk operation runs in a worker thread (``anyio.to_thread``), never on the event loop.
-* :meth:`ResponseCache.lock` is a per-key cross-process lock (``flock`` through ``filelock``,
+* :meth:`DiskCache.lock` is a per-key cross-process lock (``flock`` through ``filelock``,
   released by the OS if its holder dies, even by SIGKILL), acquired by polling so that no worker
   thread blocks while waiting.
+
+:class:`DiskCache` is the one-machine :class:`~attribsdk.cache.backend.CacheBackend`;
+``ResponseCache`` is its original name, kept as an alias.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import anyio
 import anyio.to_thread
@@ -30,7 +33,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..adapters.base import Completion, Usage
 from ..errors import ConfigError
 
-__all__ = ["SCHEMA_VERSION", "CacheEntry", "CacheStats", "JSONTextDisk", "ResponseCache", "default_cache_dir"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "CacheEntry",
+    "CacheStats",
+    "DiskCache",
+    "JSONTextDisk",
+    "ResponseCache",
+    "default_cache_dir",
+]
 
 logger = logging.getLogger("attribsdk.cache")
 
@@ -112,10 +123,16 @@ class CacheEntry(BaseModel):
 
 
 class CacheStats(BaseModel):
-    """What is in a cache directory, and this instance's hit/miss counts since it was opened."""
+    """What is in a cache, and this instance's hit/miss counts since it was opened."""
 
+    #: The directory, or for a server the URL with its password redacted.
     directory: str
+    #: Whether the directory's database exists (disk), or the server answered (Redis).
     exists: bool
+    #: ``"disk"`` or ``"redis"``.
+    backend: str = "disk"
+    #: The key namespace on a shared server (``None`` for disk).
+    namespace: str | None = None
     entries: int = 0
     size_bytes: int = 0
     schema_version: int = SCHEMA_VERSION
@@ -125,7 +142,7 @@ class CacheStats(BaseModel):
     invalid: int = 0
 
 
-class ResponseCache:
+class DiskCache:
     """Completed closed-model answers on disk, shared safely between tasks and processes.
 
     Args:
@@ -156,7 +173,12 @@ class ResponseCache:
         self.in_flight: dict[str, Any] = {}
 
     def __repr__(self) -> str:
-        return f"ResponseCache({str(self.directory)!r})"
+        return f"DiskCache({str(self.directory)!r})"
+
+    @property
+    def location(self) -> str:
+        """The cache directory, as text."""
+        return str(self.directory)
 
     # ------------------------------------------------------------------ sync core (worker threads)
     def _open(self) -> diskcache.Cache:
@@ -214,7 +236,7 @@ class ResponseCache:
     def stats(self) -> CacheStats:
         """Entry count and size on disk (does not create a missing directory)."""
         exists = (self.directory / "cache.db").exists()
-        base = CacheStats(directory=str(self.directory), exists=exists, **self._stats)
+        base = CacheStats.model_validate({"directory": str(self.directory), "exists": exists, **self._stats})
         if not exists:
             return base
         cache = self._open()
@@ -233,7 +255,7 @@ class ResponseCache:
         if cache is not None:
             cache.close()
 
-    def __enter__(self) -> ResponseCache:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -252,11 +274,20 @@ class ResponseCache:
         """:meth:`stats` in a worker thread."""
         return await anyio.to_thread.run_sync(self.stats)
 
+    async def aclear(self) -> int:
+        """:meth:`clear` in a worker thread."""
+        return await anyio.to_thread.run_sync(self.clear)
+
+    async def aiter_entries(self) -> AsyncIterator[CacheEntry]:
+        """:meth:`iter_entries`, read in a worker thread."""
+        for entry in await anyio.to_thread.run_sync(lambda: list(self.iter_entries())):
+            yield entry
+
     async def aclose(self) -> None:
         """:meth:`close` in a worker thread."""
         await anyio.to_thread.run_sync(self.close)
 
-    async def __aenter__(self) -> ResponseCache:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -291,6 +322,10 @@ class ResponseCache:
             if acquired:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(lock.release)
+
+
+#: The original name of :class:`DiskCache`.
+ResponseCache = DiskCache
 
 
 def _try_acquire(lock: filelock.FileLock) -> bool:
