@@ -6,6 +6,7 @@ locality → regression) → Explanation
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -18,7 +19,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from .adapters.base import ClosedModel, Completion, GenerationParams, Message
 from .adapters.registry import parse_model_string
 from .adapters.stack import HTTP_PROVIDERS, ClosedModelStack, build_closed_model
-from .cache import ResponseCache
+from .cache import CacheBackend
 from .cost import Budget, CallLedger, CostReport, Pricing
 from .errors import AttribError, ConfigError, InputError, ScoringError
 from .explanation import Counts, Explanation, Timings
@@ -54,8 +55,10 @@ class Explainer:
         params: generation parameters for the closed call.
         store: a :class:`~attribsdk.scoring.models.ModelStore` to share loaded models between
             explainers; by default the explainer owns one and closes it.
-        cache: the closed-call response cache — a :class:`~attribsdk.cache.ResponseCache`, a
-            directory, ``True`` (the default directory) or ``False``. ``None`` (default): on for
+        cache: the closed-call response cache — a :class:`~attribsdk.cache.CacheBackend`
+            (``DiskCache``, ``RedisCache``), a directory, a ``redis://`` / ``rediss://`` /
+            ``unix://`` URL (shared by a cluster), ``True`` (``$ATTRIBSDK_CACHE_URL`` if set,
+            else the default directory) or ``False``. ``None`` (default): on for
             HTTP providers (paid calls are made once), off for local models.
         budget: a :class:`~attribsdk.cost.Budget` for all closed calls of this explainer.
         pricing: price overrides (:class:`~attribsdk.cost.Pricing`).
@@ -78,7 +81,7 @@ class Explainer:
         seed: int = 0,
         params: GenerationParams | None = None,
         store: ModelStore | None = None,
-        cache: ResponseCache | str | bool | None = None,
+        cache: CacheBackend | str | os.PathLike[str] | bool | None = None,
         budget: Budget | None = None,
         pricing: Pricing | None = None,
         max_concurrency: int | None = 8,

@@ -3,7 +3,7 @@
 The layers, outermost first::
 
     ClosedModelStack        owns what it created; .ledger, .cache, .adapter
-    └─ CachedModel          single-flight + disk cache: a hit returns here, costing nothing,
+    └─ CachedModel          single-flight + cache (disk or Redis): a hit returns here, costing nothing,
        │                    consuming no budget and no rate limit; hits are recorded as avoided cost
        └─ MeteredModel      budget check with a worst-case estimate (reserved while in flight),
           │                 then records the call (tokens, attempts, dollars) in the ledger
@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..cache import CachedModel, ResponseCache
+from ..cache import CacheBackend, CachedModel, open_cache
 from ..cost import Budget, CallLedger, MeteredModel, Pricing
 from ..errors import ConfigError
 from ._retry import RetryPolicy
@@ -49,7 +49,7 @@ class ClosedModelStack(ModelWrapper):
         *,
         adapter: ClosedModel,
         ledger: CallLedger,
-        cache: ResponseCache | None,
+        cache: CacheBackend | None,
         owns_adapter: bool,
         owns_cache: bool,
     ) -> None:
@@ -76,7 +76,7 @@ class ClosedModelStack(ModelWrapper):
 def build_closed_model(
     model: str | ClosedModel,
     *,
-    cache: ResponseCache | str | os.PathLike[str] | bool | None = None,
+    cache: CacheBackend | str | os.PathLike[str] | bool | None = None,
     ledger: CallLedger | None = None,
     budget: Budget | None = None,
     pricing: Pricing | None = None,
@@ -94,8 +94,11 @@ def build_closed_model(
     Args:
         model: a model string (``"openai:gpt-4o-mini"``, ``"anthropic:..."``,
             ``"openai-compatible:<model>@<base_url>"``) or a ready :class:`ClosedModel`.
-        cache: a :class:`ResponseCache`; a directory (opened here, closed with the stack);
-            ``True`` for :func:`~attribsdk.cache.default_cache_dir`; ``None``/``False`` for none.
+        cache: a :class:`~attribsdk.cache.CacheBackend` (``DiskCache``, ``RedisCache``); a
+            ``redis://``/``rediss://``/``unix://`` URL (a ``RedisCache``) or a directory (a
+            ``DiskCache``), opened here and closed with the stack; ``True`` for
+            ``$ATTRIBSDK_CACHE_URL`` if set, else :func:`~attribsdk.cache.default_cache_dir`;
+            ``None``/``False`` for none.
         ledger: the ledger to record into (share one across a run); a new one by default.
         budget: spending limits, set on the ledger (which must not already have another).
         pricing: prices for a new ledger (ignored when ``ledger`` is given).
@@ -140,18 +143,19 @@ def build_closed_model(
         ledger.budget = budget
 
     owns_cache = False
-    store: ResponseCache | None
+    store: CacheBackend | None
     if cache is None or cache is False:
         store = None
-    elif isinstance(cache, ResponseCache):
+    elif isinstance(cache, CacheBackend):
         store = cache
     elif cache is True:
-        store, owns_cache = ResponseCache(), True
+        store, owns_cache = open_cache(), True
     elif isinstance(cache, str | os.PathLike):
-        store, owns_cache = ResponseCache(cache), True
+        store, owns_cache = open_cache(cache), True
     else:
         raise ConfigError(
-            f"cache must be a ResponseCache, a directory, True or None; got {type(cache).__name__}"
+            "cache must be a CacheBackend, a Redis URL, a directory, True or None; "
+            f"got {type(cache).__name__}"
         )
 
     stacked: ClosedModel = adapter
