@@ -37,7 +37,6 @@ def progress_bar(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=Console(stderr=True) if stderr else None,
-        transient=total is None,
     )
     task = prog.add_task(description, total=total)
     prog.start()

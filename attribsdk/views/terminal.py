@@ -14,6 +14,7 @@ from .html import BADGE_RANKS, MAX_ALPHA, MIN_ALPHA, NEGATIVE_RGB, POSITIVE_RGB,
 
 if TYPE_CHECKING:
     from rich.console import Console, Group
+    from rich.table import Table
 
     from ..explanation import Explanation
 
@@ -46,6 +47,12 @@ def _num(v: float, spec: str) -> str:
     if v and (abs(v) < 1e-3 or abs(v) >= 1e4):
         return format(v, "+.2e" if spec.startswith("+") else ".2e")
     return format(v, spec)
+
+
+def _row(grid: Table, label: str, value: str) -> None:
+    from rich.text import Text
+
+    grid.add_row(label, Text(value))
 
 
 def renderable(explanation: Explanation, *, top: int | None = None, show_input: bool = True) -> Group:
@@ -106,7 +113,7 @@ def renderable(explanation: Explanation, *, top: int | None = None, show_input: 
             _num(r.attribution, ".3f"),
             bar,
             Text(_num(r.coefficient, "+.4f"), style=colour),
-            snippet,
+            Text(snippet),  # Text, not str: user text is never parsed as rich markup
         )
     parts.append(table)
     if top is not None and len(ranked) > top:
@@ -118,14 +125,17 @@ def renderable(explanation: Explanation, *, top: int | None = None, show_input: 
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="dim")
     summary.add_column()
-    summary.add_row("method", f"{expl.method}   surrogate {expl.surrogate}   closed {expl.closed_model}")
-    summary.add_row(
-        "closed calls", f"{c.closed_calls} ({c.http_attempts} HTTP attempts, {c.cache_hits} cache hits)"
+    _row(summary, "method", f"{expl.method}   surrogate {expl.surrogate}   closed {expl.closed_model}")
+    _row(
+        summary,
+        "closed calls",
+        f"{c.closed_calls} ({c.http_attempts} HTTP attempts, {c.cache_hits} cache hits)",
     )
-    summary.add_row("tokens", f"{expl.usage.input_tokens} in / {expl.usage.output_tokens} out")
-    summary.add_row("cost", f"{usd} paid, {avoided} avoided [{cost.price_source}]")
-    summary.add_row("surrogate", f"{c.surrogate_sequences} sequences ({c.surrogate_tokens} tokens)")
-    summary.add_row(
+    _row(summary, "tokens", f"{expl.usage.input_tokens} in / {expl.usage.output_tokens} out")
+    _row(summary, "cost", f"{usd} paid, {avoided} avoided [{cost.price_source}]")
+    _row(summary, "surrogate", f"{c.surrogate_sequences} sequences ({c.surrogate_tokens} tokens)")
+    _row(
+        summary,
         "seconds",
         f"{t.total:.2f} (closed {t.closed:.2f}, scoring {t.scoring:.2f}, regression {t.regression:.2f})",
     )

@@ -189,7 +189,7 @@ async def test_explain_many_progress_bar_and_aggregate_cost(
         report = ex.cost_report()
     assert all(isinstance(r, Explanation) for r in out)
     assert report.closed_calls == 3 == sum(r.counts.closed_calls for r in out if isinstance(r, Explanation))
-    assert "3/3" in capsys.readouterr().out
+    assert "3/3" in capsys.readouterr().err  # bars go to stderr, results to stdout
 
 
 async def test_explain_many_batches_examples_together_with_identical_results() -> None:

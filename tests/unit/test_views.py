@@ -21,7 +21,7 @@ from attribsdk.views.html import feature_color, input_segments, to_html, to_html
 from attribsdk.views.progress import progress_bar, progress_enabled
 from tests.tiny_models import tiny_local_model
 
-HOSTILE = '<script>alert("x")</script> & <img src=x onerror=alert(1)>'
+HOSTILE = '<script>alert("x")</script> & <img src=x onerror=alert(1)> [bold red]not markup[/]'
 CONTEXT = [
     "The capital of France is Paris. Paris is a large city on the Seine. " + HOSTILE,
     "Berlin is the capital of Germany. The cat sat on the mat in the sun.",
@@ -212,6 +212,9 @@ def test_terminal_view_lists_ranked_features(expl: Explanation) -> None:
     assert "Answer" in text and "<b>Paris</b> is the capital & largest city." in text
     assert "1 (" in text and "cache hits" in text and f"{expl.counts.surrogate_sequences} sequences" in text
     assert "[1]" in text  # rank badge in the highlighted input
+    # user text and names are never parsed as rich markup
+    assert text.count("[bold red]not markup[/]") == 2  # in the input and in the ranked table
+    assert f"[{expl.cost.price_source}]" in text
     # the highlighted input carries the signed background colours
     styled = console.export_html(inline_styles=True)
     assert "background-color: #" in styled
@@ -348,3 +351,14 @@ def test_explain_many_progress_bar_counts_examples(capsys: pytest.CaptureFixture
     assert all(isinstance(r, Explanation) for r in results)
     err = capsys.readouterr().err
     assert "explaining" in err and "2/2" in err
+
+
+def test_closed_loop_explanation_counts_its_closed_calls_on_a_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    closed = TestModel("Paris.", name="test:model")
+    tiny = tiny_local_model(seed=3)
+    with Explainer(closed=closed, surrogate=tiny, method="closed-loo", cache=False, pricing=PRICING) as ex:
+        res = ex.explain_sync("What is the capital of France?", CONTEXT[1], progress=True)
+    m = len(res.features)
+    assert len(closed.calls) == 1 + m  # the answer, then one call per deleted feature
+    err = capsys.readouterr().err
+    assert f"closed-loo: {m} features, closed calls" in err and f"{m}/?" in err
