@@ -19,8 +19,9 @@ of the attributions, :func:`~attribsdk.eval.metrics.plausibility`).
   the local model's token counts), and the report says so in ``pricing_note``. With a real model
   string (``"openai:gpt-4o-mini"``, ``"anthropic:claude-..."``) the calls and dollars are real.
 
-Outputs in ``out_dir``: ``compare.json`` (configuration, per-method summary, per-example rows) and
-``compare.png`` (cost vs quality); :func:`format_table` renders the summary as text.
+Outputs in ``out_dir``: ``compare.json`` (configuration, per-method summary, per-example rows),
+``compare.png`` (cost vs quality) and ``compare.html`` (both on one self-contained page);
+:func:`format_table` renders the summary as text.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ __all__ = [
 DEFAULT_METHODS: tuple[str, ...] = ("rope-lime", "rope-lime-loo", "gsmile")
 JSON_FILE = "compare.json"
 PLOT_FILE = "compare.png"
+HTML_FILE = "compare.html"
 
 
 class CompareConfig(BaseModel):
@@ -155,7 +157,7 @@ async def acompare(
     write: bool = True,
     progress: bool | None = None,
 ) -> CompareReport:
-    """Run the comparison (see the module docstring) and write ``compare.json``/``compare.png``.
+    """Run the comparison (see the module docstring) and write ``compare.json``/``.png``/``.html``.
 
     ``examples`` replaces the dataset selection; ``surrogate`` replaces ``config.surrogate`` (e.g.
     a loaded :class:`~attribsdk.scoring.base.Scorer`); ``pricing`` adds price overrides;
@@ -243,6 +245,10 @@ async def acompare(
         out.mkdir(parents=True, exist_ok=True)
         (out / JSON_FILE).write_text(json.dumps(json_safe(report.model_dump(mode="json")), indent=2) + "\n")
         plot_report(report, out / PLOT_FILE)
+        from .views.html import compare_to_html
+
+        page = compare_to_html(report, plot_png=(out / PLOT_FILE).read_bytes())
+        (out / HTML_FILE).write_text(page, encoding="utf-8")
     return report
 
 

@@ -84,4 +84,4 @@ def compare(
             raise
         fail(f"{type(exc).__name__}: {exc.message}")
     typer.echo(format_table(report))
-    typer.echo(f"\nwrote {out / 'compare.json'} and {out / 'compare.png'}")
+    typer.echo(f"\nwrote {out / 'compare.json'}, {out / 'compare.png'} and {out / 'compare.html'}")

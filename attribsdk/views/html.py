@@ -4,6 +4,7 @@
   (blue: positive coefficient, the feature supports the answer; red: negative; opacity ∝
   attribution), a legend, the answer, a ranked table and the counts / cost / timings summary.
 * :func:`to_html_many` — several explanations on one page, with an index.
+* :func:`compare_to_html` — the cost comparison's table and plot (``compare.html``).
 
 Every feature is one ``<span class="feat pos|neg|zero" data-index=.. data-rank=.. data-attr=..
 data-coef=..>`` so that a page can be checked (or scraped) without reading colours. All user text
@@ -19,9 +20,10 @@ from html import escape
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ..compare import CompareReport
     from ..explanation import Explanation
 
-__all__ = ["feature_color", "input_segments", "to_html", "to_html_many"]
+__all__ = ["compare_to_html", "feature_color", "input_segments", "to_html", "to_html_many"]
 
 #: RGB of features with a positive coefficient (support the answer) and a negative one.
 POSITIVE_RGB = (37, 99, 235)
@@ -317,3 +319,57 @@ def to_html_many(
         f"<nav><ol>{index}</ol></nav>{sections}</div>"
     )
     return _page(title, body)
+
+
+def compare_to_html(report: CompareReport, *, plot_png: bytes | None = None, title: str | None = None) -> str:
+    """The cost comparison (:class:`~attribsdk.compare.CompareReport`) as a self-contained page:
+    the per-method table and, when given, the cost-vs-quality PNG embedded as a data URI."""
+    import base64
+
+    def cell(v: float | None, spec: str) -> str:
+        return "–" if v is None else format(v, spec)
+
+    head = (
+        "method", "examples (failed)", "closed calls", "HTTP attempts", "cache hits", "input tok",
+        "output tok", "$", "avoided $", "wall s", "surrogate seq", "IoU", "F1", "AUROC",
+    )  # fmt: skip
+    body = "".join(
+        "<tr>"
+        + f"<td>{escape(s.method)}</td>"
+        + "".join(
+            f'<td class="num">{escape(v)}</td>'
+            for v in (
+                f"{s.n_examples} ({s.n_failed})",
+                str(s.closed_calls),
+                str(s.http_attempts),
+                str(s.cache_hits),
+                str(s.input_tokens),
+                str(s.output_tokens),
+                cell(s.cost_usd, ".6f"),
+                cell(s.avoided_usd, ".6f"),
+                f"{s.wall_seconds:.1f}",
+                str(s.surrogate_sequences),
+                cell(s.iou, ".3f"),
+                cell(s.f1, ".3f"),
+                cell(s.auroc, ".3f"),
+            )
+        )
+        + "</tr>"
+        for s in report.methods
+    )
+    image = ""
+    if plot_png is not None:
+        data = base64.b64encode(plot_png).decode("ascii")
+        image = (
+            '<h3>Cost vs quality</h3><img alt="cost vs quality" style="max-width:100%" '
+            f'src="data:image/png;base64,{data}">'
+        )
+    heading = title or f"Cost comparison: {len(report.examples)} examples of {report.config.dataset}"
+    page = (
+        f'<div class="attribsdk"><h2>{escape(heading)}</h2>'
+        f'<div class="meta">closed model {escape(report.closed)}; {escape(report.pricing_note)} '
+        f"[{escape(report.price_source)}]</div><h3>Per method</h3><table><thead><tr>"
+        + "".join(f"<th>{escape(h)}</th>" for h in head)
+        + f"</tr></thead><tbody>{body}</tbody></table>{image}</div>"
+    )
+    return _page(heading, page)

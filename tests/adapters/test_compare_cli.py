@@ -40,6 +40,7 @@ def test_compare_cli_counts_match_the_server_log(
     assert result.exit_code == 0, result.output
     report = CompareReport.model_validate_json((out / "compare.json").read_text())
     assert (out / "compare.png").stat().st_size > 1000
+    assert "<td>gsmile</td>" in (out / "compare.html").read_text(encoding="utf-8")
     assert "gpt-4o-mini" in report.pricing_note  # the as-if price is labelled
     upstream = server.calls("/v1/chat/completions")
     assert upstream > 2  # gSMILE regenerated answers for its perturbations

@@ -300,6 +300,12 @@ def test_cost_quality_and_metric_plots(tmp_path: Path) -> None:
     )
     plot_report(report, tmp_path / "compare.png")
     _png(tmp_path / "compare.png")
+    from attribsdk.views.html import compare_to_html
+
+    page = compare_to_html(report, plot_png=(tmp_path / "compare.png").read_bytes())
+    assert page.count("<tr><td>") == 2 and "<td>gsmile</td>" in page and '<td class="num">130</td>' in page
+    assert 'src="data:image/png;base64,iVBORw0KGgo' in page  # the plot travels inside the page
+    assert "http://" not in page and "https://" not in page
     fig = plot_metric_vs_m(
         ["2-3", "4-5"],
         {"rope-lime": ([0.0, 1.0], [0.7, 0.6], [0.05, 0.0])},
