@@ -8,7 +8,7 @@ change ONE line -- the closed model -- and set your key:
     closed="anthropic:claude-3-5-haiku-latest"  # ANTHROPIC_API_KEY
     (and drop price_as)
 
-Run:  python examples/cost_comparison.py [N]     (outputs in results/cost_comparison/)
+Run:  python examples/cost_comparison.py [N]     (outputs in results/cost_comparison/: JSON, PNG, HTML)
 """
 
 from __future__ import annotations
@@ -28,4 +28,4 @@ config = CompareConfig(
 if __name__ == "__main__":
     report = compare(config, "results/cost_comparison")
     print(format_table(report))
-    print("\nJSON and plot: results/cost_comparison/compare.json, compare.png")
+    print("\nJSON, plot and page: results/cost_comparison/compare.json, compare.png, compare.html")
