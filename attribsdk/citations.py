@@ -70,10 +70,10 @@ R = TypeVar("R")
 
 #: User-message template the surrogate re-reads when a query is given (``{context}``: the sources,
 #: one per paragraph; ``{question}``: the query). Send your LLM the same (:meth:`Citer.messages`).
-CITE_TEMPLATE = "Answer the question using the sources.\n\nSources:\n{context}\n\nQuestion: {question}"
+CITE_TEMPLATE = "Answer the question using the context.\n\nContext:\n{context}\n\nQuestion: {question}"
 #: Template without a query.
-SOURCES_TEMPLATE = "Sources:\n{context}\n\nWrite an answer based on the sources."
-#: Coefficients at or below this (nats per token) are numerical noise, never support.
+SOURCES_TEMPLATE = "Context:\n{context}\n\nWrite an answer based on the context."
+#: Scores at or below this (nats) are numerical noise, never support.
 _NOISE = 1e-9
 #: Citation units: a citation points at one such span of a source.
 Unit = Literal["sentences", "paragraphs", "documents"]
@@ -156,20 +156,20 @@ class Citation(BaseModel):
     * ``sentence_index``: the span's position among its source's units (sentences by default);
       ``feature_index``: its index in ``Citations.explanation.features``.
     * ``text``, ``start``, ``end``: ``sources[source_index].text[start:end] == text``.
-    * ``score``: the signed regression coefficient of keeping this span: the log-probability it
-      adds to the cited tokens (the whole answer's, or one sentence's), in nats per token. With the
-      default leave-one-out method this is exactly how much less likely those tokens become when
-      the span is removed. Only positive scores (support) become citations. (With a method whose
-      target is ``"kl"`` the whole-answer score is the KL divergence avoided: influence on the
-      surrogate's distribution rather than support for this answer.)
+    * ``score``: the log-probability the cited text (the whole answer, or one answer sentence)
+      loses when this span is removed, in nats summed over the text's tokens: the fit's signed
+      coefficient (nats per token) times the number of tokens. With the default leave-one-out
+      method this is exact: removing the span makes the cited text ``exp(score)`` times less
+      likely to the surrogate. Only positive scores (support) become citations. (With a method
+      whose target is ``"kl"`` the whole-answer score is the KL divergence avoided instead:
+      influence on the surrogate's distribution rather than support for this answer.)
     * ``confidence`` in [0, 1): ``(1 - exp(-score)) * clip(R², 0, 1)``. The first factor is the
-      fraction of the cited tokens' probability (per token, geometric mean) that goes away when the
-      span is removed: 0.10 at 0.1 nats/token, 0.63 at 1, 0.95 at 3. The second discounts it by how
-      well the additive fit explains the surrogate's responses (its weighted R²; exactly 1 for the
-      default leave-one-out method, whose fit is exact). It measures how much the *surrogate*
-      needs the span to produce the cited text; it is not a probability calibrated against human
-      judgements (the citation benchmark reports how often cited sentences are HotpotQA's
-      supporting facts).
+      fraction of the cited text's probability that goes away when the span is removed (0.5 at
+      0.69 nats, 0.95 at 3); the second discounts it by how well the additive fit explains the
+      surrogate's responses (its weighted R²; exactly 1 for leave-one-out, whose fit is exact).
+      It measures how much the *surrogate* needs the span to produce the cited text; it is not a
+      probability calibrated against human judgements (``benchmarks/bench_citations.py`` reports
+      how often cited sentences are HotpotQA's supporting facts).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -189,9 +189,9 @@ class SentenceCitations(BaseModel):
     """The citations of one answer sentence (``answer[start:end] == text``).
 
     ``token_start``/``token_end``: the surrogate's answer tokens of this sentence
-    (``explanation.answer_tokens[token_start:token_end]``); ``coefficients``: the fit's signed
-    coefficient for every feature (before ``top_k``/thresholds); ``r2``: its weighted R²
-    (``None`` when no answer token maps to the sentence).
+    (``explanation.answer_tokens[token_start:token_end]``); ``scores``: the signed score (see
+    :class:`Citation`) of every feature, before ``top_k`` and the thresholds; ``r2``: the fit's
+    weighted R² (``None`` when no answer token maps to the sentence).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -203,7 +203,7 @@ class SentenceCitations(BaseModel):
     token_start: int
     token_end: int
     r2: float | None = None
-    coefficients: list[float] = Field(default_factory=list)
+    scores: list[float] = Field(default_factory=list)
     citations: list[Citation] = Field(default_factory=list)
 
 
@@ -368,11 +368,10 @@ class Citer:
         unit: what a citation points at: source ``"sentences"``, ``"paragraphs"`` or whole
             ``"documents"``.
         top_k: at most this many citations per target (``None``: all that pass the thresholds).
-        min_score: a citation's score must exceed this (nats per token; 0: any support above
-            numerical noise, 1e-9).
-        min_confidence: and its confidence must reach this (default 0.1: removing the span takes
-            at least 10 % of the cited tokens' probability, i.e. a score of ≥ 0.105 nats/token
-            with an exact fit).
+        min_score: a citation's score must exceed this (nats; 0: any support above numerical
+            noise, 1e-9).
+        min_confidence: and its confidence must reach this (default 0.5: removing the span at
+            least halves the probability of the cited text, with an exact fit).
         seed, template, system, language: sampler seed, user-message template (``{context}`` and,
             with a query, ``{question}``), system prompt and the language of sentence splitting.
         **explainer_options: further :class:`Explainer` arguments (``device=``, ``store=``...).
@@ -388,7 +387,7 @@ class Citer:
         unit: Unit = "sentences",
         top_k: int | None = 3,
         min_score: float = 0.0,
-        min_confidence: float = 0.1,
+        min_confidence: float = 0.5,
         seed: int = 0,
         template: str | None = None,
         system: str | None = None,
@@ -530,7 +529,7 @@ class Citer:
         sentence_of = _sentence_index(features)
         sentences: list[SentenceCitations] = []
         for i, ((s, e), (t0_, t1_), fit) in enumerate(zip(sent_spans, token_ranges, fits, strict=True)):
-            coef = [] if fit is None else [float(v) for v in fit.coef]
+            coef = [] if fit is None else [float(v) * (t1_ - t0_) for v in fit.coef]
             sentences.append(
                 SentenceCitations(
                     index=i,
@@ -540,13 +539,16 @@ class Citer:
                     token_start=t0_,
                     token_end=t1_,
                     r2=None if fit is None else float(fit.r2),
-                    coefficients=coef,
+                    scores=coef,
                     citations=self._select(
                         coef, None if fit is None else fit.r2, features, sentence_of, srcs
                     ),
                 )
             )
-        overall = self._select(expl.coefficients, expl.r2, features, sentence_of, srcs)
+        n_tokens = len(expl.answer_tokens)
+        overall = self._select(
+            [v * n_tokens for v in expl.coefficients], expl.r2, features, sentence_of, srcs
+        )
         t_fit = time.perf_counter() - t0
         return Citations(
             answer=text,

@@ -200,11 +200,14 @@ async def test_each_answer_sentence_cites_the_sentence_it_depends_on() -> None:
     assert [(c.source_id, c.sentence_index, c.text) for c in second] == [
         ("de", 0, "Berlin is the capital of Germany.")
     ]
-    assert first[0].score == pytest.approx(2.9) and first[0].confidence == pytest.approx(1 - np.exp(-2.9))
+    # 6 tokens, each 2.9 nats less likely without the sentence
+    assert first[0].score == pytest.approx(6 * 2.9) and first[0].confidence == pytest.approx(
+        1 - np.exp(-17.4)
+    )
     assert cits.sentences[0].r2 == pytest.approx(1.0)
     # whole answer: both supporting sentences, each carrying half of the tokens
     assert {(c.source_id, c.feature_index) for c in cits.overall} == {("fr", 0), ("de", 2)}
-    assert all(c.score == pytest.approx(1.45) for c in cits.overall)
+    assert all(c.score == pytest.approx(6 * 2.9) for c in cits.overall)
     # spans index the source and the answer
     by_id = {s.id: s for s in cits.sources}
     for c in [*cits.overall, *first, *second]:
@@ -212,7 +215,7 @@ async def test_each_answer_sentence_cites_the_sentence_it_depends_on() -> None:
         assert cits.sources[c.source_index].id == c.source_id
     for s in cits.sentences:
         assert cits.answer[s.start : s.end] == s.text and s.token_end > s.token_start
-        assert len(s.coefficients) == 4
+        assert len(s.scores) == 4
     assert cits.sources[0].metadata == {"lang": "en"} and cits.query == QUESTION
     assert cits.annotated() == "Paris is the capital of France. [fr] Berlin is the capital of Germany. [de]"
     assert cits.cited_source_ids == ["fr", "de"]
@@ -236,10 +239,13 @@ async def test_thresholds_and_top_k() -> None:
     assert len(all_support.overall) == 2  # only positive coefficients, even without thresholds
     async with planted_citer(top_k=1) as citer:
         assert len((await citer.cite(ANSWER, SOURCES)).overall) == 1
-    async with planted_citer(min_score=2.0) as citer:  # 1.45 per token for the whole answer
+    async with planted_citer(min_score=17.0) as citer:  # every score is 6 × 2.9 = 17.4 nats
+        kept = await citer.cite(ANSWER, SOURCES)
+    assert len(kept.overall) == 2 and all(len(s.citations) == 1 for s in kept.sentences)
+    async with planted_citer(min_score=17.5) as citer:
         cits = await citer.cite(ANSWER, SOURCES)
-    assert cits.overall == [] and all(len(s.citations) == 1 for s in cits.sentences)
-    assert cits.settings == {"top_k": 3, "min_score": 2.0, "min_confidence": 0.1, "unit": "sentences"}
+    assert cits.overall == [] and all(s.citations == [] for s in cits.sentences)
+    assert cits.settings == {"top_k": 3, "min_score": 17.5, "min_confidence": 0.5, "unit": "sentences"}
 
 
 async def test_documents_as_the_unit() -> None:
@@ -276,7 +282,7 @@ async def test_default_rope_lime_on_a_real_tiny_model() -> None:
         cits.explanation.answer_tokens
     )
     for s in cits.sentences:
-        assert s.r2 is not None and len(s.coefficients) == 4
+        assert s.r2 is not None and len(s.scores) == 4
         for c in s.citations:
             assert cits.sources[c.source_index].text[c.start : c.end] == c.text and 0 <= c.confidence < 1
 
