@@ -67,3 +67,24 @@ def test_cost_comparison_example_prints_the_table_and_writes_the_plot(tmp_path: 
     assert len(report["examples"]) == 1 and [m["method"] for m in report["methods"]] == list(rows)
     png = (folder / "compare.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_rag_citations_example_cites_retrieved_sentences(tmp_path: Path) -> None:
+    out = _run_example("rag_citations.py", "2", cwd=tmp_path)
+    blocks = out.split("Question: ")[1:]
+    assert len(blocks) == 2
+    cited_any = 0
+    for block in blocks:
+        lines = block.splitlines()
+        assert lines[1].startswith("Retrieved: ")
+        assert lines[2].startswith("Answer: ") and lines[2].removeprefix("Answer: ").strip()
+        citations = [line.strip() for line in lines if line.startswith("    [")]
+        for cite_line in citations:  # '[<paragraph title>] "<sentence>"  (confidence 0.xx)'
+            assert cite_line[1 : cite_line.index("] ")] in lines[1]  # a retrieved paragraph
+            confidence = float(cite_line.rsplit("(confidence ", 1)[1].rstrip(")"))
+            assert 0.5 <= confidence < 1.0 or cite_line.endswith("(confidence 1.00)")
+        cited_any += bool(citations)
+        assert "surrogate sequences, no LLM call" in block
+    # the second question's answer names the Secretary of State: that paragraph is cited
+    assert cited_any >= 1 and "[Secretary of State for Constitutional Affairs]" in blocks[1]
+    assert "LLM calls: 2 (local:smollm2), cost $0.000000" in out
