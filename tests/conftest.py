@@ -21,3 +21,21 @@ def model_store() -> Iterator[Any]:
     store = ModelStore()
     yield store
     store.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """A throw-away redis-server for the session (tests/redis_server.py); skips without the binary
+    locally, fails under CI=true."""
+    from tests.redis_server import RedisServer, redis_server_binary
+
+    server = RedisServer(redis_server_binary()).start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: Any) -> str:
+    """The session's Redis URL, with every database emptied before the test."""
+    redis_server.flush()
+    return str(redis_server.url)

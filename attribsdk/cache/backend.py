@@ -22,7 +22,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, Self, runtime_checkable
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from .store import CacheEntry, CacheStats, DiskCache
 
@@ -141,7 +141,10 @@ def redact_url(url: str) -> str:
             pairs = parse_qsl(query, keep_blank_values=True)
             if any(k.lower() == "password" for k, _ in pairs):
                 query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*")
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        # Not urlunsplit: it drops the empty authority of unix:///path (-> unix:/path).
+        out = f"{parts.scheme}://{netloc}{parts.path}"
+        out += f"?{query}" if query else ""
+        return out + (f"#{parts.fragment}" if parts.fragment else "")
     except ValueError:
         scheme = url.partition("://")[0]
         return f"{scheme}://<unparseable URL>"

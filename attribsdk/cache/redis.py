@@ -225,14 +225,15 @@ class RedisCache:
                     yield entry
 
     def stats(self) -> CacheStats:
-        """Entry count and stored JSON bytes of this namespace (a ``SCAN``), plus this instance's counts."""
+        """Keys and stored JSON bytes of this namespace (a ``SCAN``), plus this instance's counts."""
         entries = size = 0
         for batch in self._scan_keys():
             pipe = self._client.pipeline(transaction=False)
             for name in batch:
                 pipe.strlen(name)
             entries += len(batch)
-            size += sum(int(n) for n in self._call(pipe.execute))
+            lengths = self._call(pipe.execute, False)  # raise_on_error=False: foreign types
+            size += sum(n for n in lengths if isinstance(n, int))
         return CacheStats.model_validate(
             {
                 "directory": self.url,
