@@ -424,8 +424,13 @@ async def test_unreachable_server_is_a_clear_error_with_the_password_redacted(
     assert server.calls() == 0  # no lock to be had: nothing paid for without single-flight
 
 
-async def test_a_password_protected_server(redis_server: Any) -> None:
-    guarded = RedisServer(redis_server.binary, "--requirepass", "right-pass-456").start()
+async def test_a_password_protected_server_over_tcp_and_a_unix_socket(
+    redis_server: Any, tmp_path: Path
+) -> None:
+    sock = tmp_path / "redis.sock"
+    guarded = RedisServer(
+        redis_server.binary, "--requirepass", "right-pass-456", "--unixsocket", str(sock)
+    ).start()
     try:
         wrong = f"redis://:wrong-pass-123@127.0.0.1:{guarded.port}/0"
         async with RedisCache(wrong) as cache:
@@ -436,6 +441,14 @@ async def test_a_password_protected_server(redis_server: Any) -> None:
         async with RedisCache(right) as cache:
             assert (await CachedModel(TestModel("ok"), cache).generate(ask(), PARAMS)).text == "ok"
             assert cache.stats().entries == 1
+        via_socket = f"unix://{sock}?db=0&password=right-pass-456"
+        async with open_cache(via_socket) as cache:
+            assert isinstance(cache, RedisCache) and "right-pass-456" not in cache.location
+            assert (await CachedModel(TestModel("ok"), cache).generate(ask(), PARAMS)).cached
+        async with open_cache(f"unix://{sock}?db=0&password=nope-789") as cache:
+            with pytest.raises(CacheUnavailableError) as info:
+                await cache.get("k")
+        assert "nope-789" not in str(info.value) and "password=***" in str(info.value)
     finally:
         guarded.close()
 
