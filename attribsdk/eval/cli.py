@@ -53,6 +53,13 @@ Faith = Annotated[list[str] | None, typer.Option(help=_FAITH_HELP)]
 SoftDraws = Annotated[int, typer.Option(help="Bernoulli draws for Soft-NC/NS.")]
 PiDraws = Annotated[int, typer.Option(help="Bernoulli draws per π for π-Soft-NC/NS.")]
 LdsMasks = Annotated[int, typer.Option(help="Random masks for LDS.")]
+DeletionSteps = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Deletion curves at fractions 0, 1/S, ..., 1 of the features (GiLOT: 10) instead of every k.",
+    ),
+]
 Features = Annotated[str | None, typer.Option(help="eraser-movies: tokens | words.")]
 MaxTokens = Annotated[int | None, typer.Option(help="eraser-movies: first N tokens (default 200; 0 = all).")]
 PlausOn = Annotated[str, typer.Option(help="attributions | coefficients (ranked by IoU/F1/AUROC).")]
@@ -86,6 +93,7 @@ def run(
     soft_draws: SoftDraws = 20,
     pi_draws: PiDraws = 10,
     lds_masks: LdsMasks = 32,
+    deletion_steps: DeletionSteps = None,
     features: Features = None,
     max_tokens: MaxTokens = None,
     plausibility_on: PlausOn = "attributions",
@@ -114,8 +122,14 @@ def run(
         faith = None
         if faithfulness:
             names = list(FAITHFULNESS_METRICS) if "all" in faithfulness else list(dict.fromkeys(faithfulness))
+            steps = deletion_steps
+            fractions = None if steps is None else tuple(i / steps for i in range(steps + 1))
             faith = FaithfulnessConfig(
-                metrics=tuple(names), soft_draws=soft_draws, pi_draws=pi_draws, lds_masks=lds_masks
+                metrics=tuple(names),
+                soft_draws=soft_draws,
+                pi_draws=pi_draws,
+                lds_masks=lds_masks,
+                fractions=fractions,
             )
         fields: dict[str, Any] = {
             "dataset": dataset,

@@ -303,6 +303,13 @@ def test_cli_run_and_report(tmp_path: Path) -> None:
     assert again.exit_code == 0 and "0 rows computed, 4 already done" in again.output
     exists = runner.invoke(app, args)
     assert exists.exit_code == 2 and "already holds results" in exists.output
+    steps = [*args[: args.index("--out")], "--out", str(tmp_path / "steps"), "--no-progress"]
+    steps += ["--methods", "rope-lime-loo", "--faithfulness", "abpc", "--deletion-steps", "2"]
+    stepped = runner.invoke(app, steps)
+    assert stepped.exit_code == 0, stepped.output
+    saved = json.loads((tmp_path / "steps" / "config.json").read_text())
+    assert saved["faithfulness"]["fractions"] == [0.0, 0.5, 1.0]
+    assert all("abpc" in r["metrics"] for r in load_rows(tmp_path / "steps"))
     rep = runner.invoke(app, ["report", str(out), "--no-plots"])
     assert rep.exit_code == 0 and "0 plots" in rep.output
     missing = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
