@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q --disable-pip-version-check
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast browser redis-server lint typecheck bench bench-engine clean
+.PHONY: install demo test test-fast browser redis-server lint typecheck bench bench-engine docs clean
 
 install: $(STAMP)
 
@@ -49,6 +49,10 @@ bench: install
 bench-engine: install
 	$(PIP) install -e '.[benchmark]'
 	$(PY) benchmarks/bench_engine.py --n-paper 10 --n-full 1
+
+# API reference from the docstrings (pdoc) into docs/api/
+docs: install
+	$(PY) scripts/build_docs.py docs/api
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
