@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -30,6 +30,10 @@ from .views.progress import progress_bar, progress_enabled
 if TYPE_CHECKING:
     from .scoring.base import Scorer
     from .scoring.models import ModelStore
+    from .scoring.ray import RayScorer
+
+#: Where surrogate scoring runs: in this process, or on a pool of Ray actors.
+Engine = Literal["local", "ray"]
 
 __all__ = ["DEFAULT_CLOSED", "DEFAULT_SURROGATE", "Explainer"]
 
@@ -65,6 +69,13 @@ class Explainer:
         max_concurrency, rpm, tpm: client-side limits on closed calls.
         timeout, max_attempts: per-HTTP-attempt timeout and attempts per call (HTTP providers).
         closed_options: extra options for the provider factory (``api_key_env=``, ``base_url=``…).
+        engine: where surrogate scoring runs -- ``"local"`` (this process) or ``"ray"`` (a pool
+            of Ray actors, :class:`~attribsdk.scoring.ray.RayScorer`; needs
+            ``pip install 'attribsdk[ray]'``). Closed calls always stay in this process.
+        ray_address, ray_actors: the Ray cluster (``None``: ``$RAY_ADDRESS`` or a new local
+            one; ``"local"``, ``"auto"``, ``"host:6379"``, ``"ray://host:10001"``) and the number
+            of actors (default: as many as its CPUs allow). For more control pass a ready
+            ``RayScorer`` as ``surrogate``.
 
     Use as ``async with Explainer() as ex: await ex.explain(...)`` or, from synchronous code,
     ``with Explainer() as ex: ex.explain_sync(...)``.
@@ -90,7 +101,16 @@ class Explainer:
         timeout: float | None = None,
         max_attempts: int | None = None,
         closed_options: dict[str, Any] | None = None,
+        engine: Engine = "local",
+        ray_address: str | None = None,
+        ray_actors: int | None = None,
     ) -> None:
+        if engine not in ("local", "ray"):
+            raise ConfigError(f"engine must be 'local' or 'ray', got {engine!r}")
+        self.engine: Engine = engine
+        self.ray_address = ray_address
+        self.ray_actors = ray_actors
+        self._ray: RayScorer | None = None
         self.method = make_method(method)
         self.device = device
         self.dtype = dtype
@@ -167,7 +187,13 @@ class Explainer:
         return self.ledger.report()
 
     async def scorer(self) -> Scorer:
-        """The surrogate scorer (loaded on first use, in a worker thread)."""
+        """The surrogate scorer (loaded on first use, in a worker thread); with ``engine="ray"``
+        the :class:`~attribsdk.scoring.ray.RayScorer` (actors started on first use)."""
+        if self.engine == "ray":
+            return await self.ray_scorer()
+        return await self._local_scorer()
+
+    async def _local_scorer(self) -> Scorer:
         if self._closed_flag:
             raise ConfigError("this Explainer is closed")
         async with self._lock():
@@ -179,13 +205,42 @@ class Explainer:
                 )
             return self._scorer
 
+    async def ray_scorer(self, address: str | None = None, actors: int | None = None) -> RayScorer:
+        """The Ray actor pool scoring for this explainer, started on first use for this
+        explainer's surrogate (``address``/``actors`` default to ``ray_address``/``ray_actors``).
+        A surrogate given as a ``RayScorer`` is used as is."""
+        if self._closed_flag:
+            raise ConfigError("this Explainer is closed")
+        from .scoring.ray import RayScorer
+
+        spec = self._surrogate_spec
+        if isinstance(spec, RayScorer):
+            return spec
+        address = address if address is not None else self.ray_address
+        actors = actors if actors is not None else self.ray_actors
+        async with self._lock():
+            if self._ray is None:
+                self._ray = await anyio.to_thread.run_sync(
+                    lambda: RayScorer(
+                        spec, address=address, num_actors=actors, device=self.device, dtype=self.dtype
+                    )
+                )
+            elif address is not None and address != self._ray.address:
+                raise ConfigError(
+                    f"this Explainer already scores on the Ray cluster {self._ray.address!r}, not {address!r}"
+                )
+            return self._ray
+
     async def aclose(self) -> None:
-        """Release the closed-model client and the models this explainer loaded."""
+        """Release the closed-model client, the models this explainer loaded and its Ray actors."""
         if self._closed_flag:
             return
         self._closed_flag = True
         if self._closed is not None:
             await self._closed.aclose()
+        if self._ray is not None:
+            pool, self._ray = self._ray, None
+            await anyio.to_thread.run_sync(pool.close)
         if self._owns_store and self._store is not None:
             store = self._store
             await anyio.to_thread.run_sync(store.close)
@@ -252,6 +307,7 @@ class Explainer:
         progress: bool | None = None,
         _t_features: float = 0.0,
         _t_start: float | None = None,
+        _scorer: Scorer | None = None,
     ) -> Explanation:
         """Explain the answer to a ready :class:`~attribsdk.prompt.Prompt` (``progress`` as in
         :meth:`explain`)."""
@@ -275,6 +331,7 @@ class Explainer:
                 t_features=_t_features,
                 t_closed=t_closed,
                 t_start=t_start,
+                scorer=_scorer,
             )
 
     async def _attribute(
@@ -290,6 +347,7 @@ class Explainer:
         t_features: float,
         t_closed: float,
         t_start: float,
+        scorer: Scorer | None = None,
     ) -> Explanation:
         if not completion.text.strip():
             raise InputError(
@@ -308,7 +366,8 @@ class Explainer:
             stderr=True,
         )
         try:
-            scorer = await self.scorer()
+            if scorer is None:
+                scorer = await self.scorer()
             closed: ClosedModel | None = await self.closed_model() if needs_closed else None
             if closed is not None:
                 closed = _CountingModel(closed, bar)
@@ -381,6 +440,9 @@ class Explainer:
         concurrency: int = 4,
         progress: bool | None = None,
         on_result: Callable[[int, Explanation | AttribError], None] | None = None,
+        engine: Engine | None = None,
+        ray_address: str | None = None,
+        ray_actors: int | None = None,
     ) -> list[Explanation | AttribError]:
         """Explain many examples concurrently; one failure never cancels the others.
 
@@ -388,10 +450,22 @@ class Explainer:
         :class:`~attribsdk.errors.AttribError` that example raised (with ``partial`` results).
         ``on_result(index, result)`` is called as each example finishes. ``progress`` shows a bar
         of finished examples on stderr (``None``: when stderr is a terminal).
+
+        ``engine="ray"`` scores on a pool of Ray actors (``ray_address``, ``ray_actors``: see the
+        class; the pool is kept for later calls and stopped by :meth:`aclose`); closed calls stay
+        in this process under this explainer's budget, limiter and cache. ``None``: the
+        explainer's ``engine``.
         """
         items = [e if isinstance(e, Example) else Example.model_validate(e) for e in examples]
         if concurrency < 1:
             raise ConfigError("concurrency must be ≥ 1")
+        if engine not in (None, "local", "ray"):
+            raise ConfigError(f"engine must be 'local' or 'ray', got {engine!r}")
+        scorer: Scorer | None = None
+        if (engine or self.engine) == "ray":
+            scorer = await self.ray_scorer(ray_address, ray_actors)
+        elif engine == "local":
+            scorer = await self._local_scorer()
         results: list[Explanation | AttribError | None] = [None] * len(items)
         limiter = anyio.CapacityLimiter(concurrency)
         bar = progress_bar(len(items), progress, description="explaining", stderr=True)
@@ -400,7 +474,9 @@ class Explainer:
             async with limiter:
                 res: Explanation | AttribError
                 try:
-                    res = await self.explain_prompt(ex.to_prompt(), answer=ex.answer, progress=False)
+                    res = await self.explain_prompt(
+                        ex.to_prompt(), answer=ex.answer, progress=False, _scorer=scorer
+                    )
                 except AttribError as exc:
                     res = exc
                 except Exception as exc:
