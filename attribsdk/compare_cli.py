@@ -6,6 +6,7 @@ exposes its single ``compare`` command directly -- or register the command itsel
 
     attribsdk compare --n 5 --price-as openai:gpt-4o-mini --out results/compare      # offline
     attribsdk compare --closed openai:gpt-4o-mini --n 20 --out results/compare-real  # real calls
+    attribsdk compare --n 50 --ray-address auto --ray-actors 4 --out results/compare  # Ray actors
 """
 
 from __future__ import annotations
@@ -52,6 +53,16 @@ def compare(
     max_tokens: Annotated[int, typer.Option(help="max_tokens of every closed call.")] = 64,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Score on Ray actors: 'local', 'auto', host:6379 or ray://host:10001 "
+            "(pip install 'attribsdk[ray]'). Closed calls stay in this process."
+        ),
+    ] = None,
+    ray_actors: Annotated[
+        int | None, typer.Option(min=1, help="Ray actors (default: as many as fit).")
+    ] = None,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Explain N examples with each method; print the table, write compare.json and compare.png."""
@@ -76,7 +87,16 @@ def compare(
             device=device,
             dtype=dtype,
         )
-        report = run_compare(config, out)
+        if ray_address is None:
+            report = run_compare(config, out)
+        else:
+            from .scoring.ray import RayScorer
+
+            with RayScorer(
+                surrogate, address=ray_address, num_actors=ray_actors, device=device, dtype=dtype
+            ) as pool:
+                typer.echo(f"scoring on {pool.num_actors} Ray actor(s)")
+                report = run_compare(config, out, surrogate=pool)
     except ValidationError as exc:
         fail(f"invalid option: {exc}")
     except AttribError as exc:

@@ -6,11 +6,13 @@ Mounted on the main CLI as ``app.add_typer(bench_app, name="bench")``. Examples:
         --n-per-bucket 100 --out results/hotpotqa-paper
     attribsdk bench run --dataset hotpotqa-paper --split tune --methods sparse-k-sweep --out sweep
     attribsdk bench run ... --resume          # continue an interrupted run
+    attribsdk bench run ... --ray-address auto --ray-actors 4   # score on a Ray cluster
     attribsdk bench report results/hotpotqa-paper
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -71,6 +73,17 @@ Dtype = Annotated[
 Resume = Annotated[bool, typer.Option(help="Continue the run in --out, skipping finished rows.")]
 Reference = Annotated[Path | None, typer.Option(help="JSON file of published reference points.")]
 ShowProgress = Annotated[bool, typer.Option(help="Show a progress bar.")]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        help="Score on Ray actors: 'local' (start a local cluster), 'auto', host:6379 or ray://host:10001 "
+        "(pip install 'attribsdk[ray]'). Closed calls stay in this process."
+    ),
+]
+RayActors = Annotated[
+    int | None, typer.Option(min=1, help="Ray actors per surrogate (default: as many as fit).")
+]
+RayGpus = Annotated[float, typer.Option(min=0, help="GPUs per Ray actor (0: CPU actors).")]
 Debug = Annotated[bool, typer.Option(help="Show tracebacks.")]
 
 
@@ -103,6 +116,9 @@ def run(
     resume: Resume = False,
     reference: Reference = None,
     progress: ShowProgress = True,
+    ray_address: RayAddress = None,
+    ray_actors: RayActors = None,
+    ray_gpus_per_actor: RayGpus = 0,
     debug: Debug = False,
 ) -> None:
     """Run (or resume) a benchmark and write results.md, results.json and plots/ into --out."""
@@ -151,7 +167,26 @@ def run(
             "dtype": dtype,
         }
         config = BenchConfig(**fields)
-        result = run_benchmark(config, out, resume=resume, progress=progress, reference=reference)
+        with contextlib.ExitStack() as stack:
+            scorers: dict[str, Any] | None = None
+            if ray_address is not None:
+                from ..scoring.ray import RayScorer
+
+                scorers = {}
+                for name in config.surrogates:
+                    pool = RayScorer(
+                        name,
+                        address=ray_address,
+                        num_actors=ray_actors,
+                        num_gpus_per_actor=ray_gpus_per_actor,
+                        device=device,
+                        dtype=dtype,
+                    )
+                    scorers[name] = stack.enter_context(pool)
+                    typer.echo(f"{name}: scoring on {pool.num_actors} Ray actor(s)")
+            result = run_benchmark(
+                config, out, resume=resume, progress=progress, reference=reference, surrogates=scorers
+            )
         summary = f"{result.computed} rows computed, {result.skipped} already done"
         if result.errors:
             summary += f", {len(result.errors)} failed (see {out / 'errors.jsonl'})"
