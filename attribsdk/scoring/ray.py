@@ -242,7 +242,10 @@ class RayScorer:
         if not ray.is_initialized():
             options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
             options.update(init_options or {})
-            ray.init(address=address, **options)
+            try:
+                ray.init(address=address, **options)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ConfigError(f"cannot start or reach the Ray cluster {address!r}: {exc}") from exc
             self._owns_ray = True
         try:
             n = num_actors or _default_actors(ray, num_cpus_per_actor, num_gpus_per_actor)
