@@ -315,41 +315,35 @@ def _fmt(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+#: Column names of :func:`summary_cells`.
+SUMMARY_COLUMNS = (
+    "closed calls", "HTTP attempts", "cache hits", "input tok", "output tok", "$", "avoided $",
+    "wall s", "surrogate seq", "IoU", "F1", "AUROC",
+)  # fmt: skip
+
+
+def summary_cells(s: MethodSummary) -> tuple[str, ...]:
+    """One method's summary as display strings, in :data:`SUMMARY_COLUMNS` order (``–`` = none)."""
+    return (
+        str(s.closed_calls),
+        str(s.http_attempts),
+        str(s.cache_hits),
+        str(s.input_tokens),
+        str(s.output_tokens),
+        _fmt(s.cost_usd, ".6f"),
+        _fmt(s.avoided_usd, ".6f"),
+        f"{s.wall_seconds:.1f}",
+        str(s.surrogate_sequences),
+        _fmt(s.iou, ".3f"),
+        _fmt(s.f1, ".3f"),
+        _fmt(s.auroc, ".3f"),
+    )
+
+
 def format_table(report: CompareReport) -> str:
     """The per-method summary as a fixed-width text table, with the pricing note below it."""
-    head = (
-        "method",
-        "closed calls",
-        "HTTP attempts",
-        "cache hits",
-        "input tok",
-        "output tok",
-        "$",
-        "avoided $",
-        "wall s",
-        "surrogate seq",
-        "IoU",
-        "F1",
-        "AUROC",
-    )
-    body = [
-        (
-            s.method,
-            str(s.closed_calls),
-            str(s.http_attempts),
-            str(s.cache_hits),
-            str(s.input_tokens),
-            str(s.output_tokens),
-            _fmt(s.cost_usd, ".6f"),
-            _fmt(s.avoided_usd, ".6f"),
-            f"{s.wall_seconds:.1f}",
-            str(s.surrogate_sequences),
-            _fmt(s.iou, ".3f"),
-            _fmt(s.f1, ".3f"),
-            _fmt(s.auroc, ".3f"),
-        )
-        for s in report.methods
-    ]
+    head = ("method", *SUMMARY_COLUMNS)
+    body = [(s.method, *summary_cells(s)) for s in report.methods]
     widths = [max(len(r[i]) for r in (head, *body)) for i in range(len(head))]
     lines = [
         "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))

@@ -25,7 +25,7 @@ import logging
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio
@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from ..errors import CacheUnavailableError, ConfigError
 from .backend import is_cache_url, redact_url
-from .store import CacheEntry, CacheStats
+from .store import CacheEntry, CacheStats, ThreadedCacheAPI
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -57,13 +57,11 @@ def _import_redis() -> Any:
     try:
         import redis
     except ImportError:  # pragma: no cover - the dev extra installs it
-        raise ConfigError(
-            "the Redis cache needs the redis package: pip install 'attribsdk[redis]'"
-        ) from None
+        raise ConfigError("the Redis cache needs the redis package: pip install 'attribsdk[redis]'") from None
     return redis
 
 
-class RedisCache:
+class RedisCache(ThreadedCacheAPI):
     """Completed closed-model answers in Redis, shared safely between processes and machines.
 
     Args:
@@ -258,44 +256,6 @@ class RedisCache:
         self._keepalive.stop()
         with contextlib.suppress(Exception):
             self._client.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # ------------------------------------------------------------------ async API
-    async def get(self, key: str) -> CacheEntry | None:
-        """:meth:`get_sync` in a worker thread."""
-        return await anyio.to_thread.run_sync(self.get_sync, key)
-
-    async def put(self, entry: CacheEntry) -> None:
-        """:meth:`put_sync` in a worker thread."""
-        await anyio.to_thread.run_sync(self.put_sync, entry)
-
-    async def astats(self) -> CacheStats:
-        """:meth:`stats` in a worker thread."""
-        return await anyio.to_thread.run_sync(self.stats)
-
-    async def aclear(self) -> int:
-        """:meth:`clear` in a worker thread."""
-        return await anyio.to_thread.run_sync(self.clear)
-
-    async def aiter_entries(self) -> AsyncIterator[CacheEntry]:
-        """:meth:`iter_entries`, read in a worker thread."""
-        for entry in await anyio.to_thread.run_sync(lambda: list(self.iter_entries())):
-            yield entry
-
-    async def aclose(self) -> None:
-        """:meth:`close` in a worker thread."""
-        await anyio.to_thread.run_sync(self.close)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     @contextlib.asynccontextmanager
     async def lock(self, key: str) -> AsyncIterator[bool]:

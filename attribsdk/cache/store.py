@@ -142,7 +142,69 @@ class CacheStats(BaseModel):
     invalid: int = 0
 
 
-class DiskCache:
+class ThreadedCacheAPI:
+    """The async API and context managers of a cache backend whose operations are blocking
+    (``get_sync``, ``put_sync``, ``stats``, ``clear``, ``iter_entries``, ``close``): each async
+    method runs its blocking twin in a worker thread, so the event loop never waits on disk or
+    network I/O (asyncio and trio alike)."""
+
+    def get_sync(self, key: str) -> CacheEntry | None:
+        raise NotImplementedError
+
+    def put_sync(self, entry: CacheEntry) -> None:
+        raise NotImplementedError
+
+    def stats(self) -> CacheStats:
+        raise NotImplementedError
+
+    def clear(self) -> int:
+        raise NotImplementedError
+
+    def iter_entries(self) -> Iterator[CacheEntry]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def get(self, key: str) -> CacheEntry | None:
+        """:meth:`get_sync` in a worker thread."""
+        return await anyio.to_thread.run_sync(self.get_sync, key)
+
+    async def put(self, entry: CacheEntry) -> None:
+        """:meth:`put_sync` in a worker thread."""
+        await anyio.to_thread.run_sync(self.put_sync, entry)
+
+    async def astats(self) -> CacheStats:
+        """:meth:`stats` in a worker thread."""
+        return await anyio.to_thread.run_sync(self.stats)
+
+    async def aclear(self) -> int:
+        """:meth:`clear` in a worker thread."""
+        return await anyio.to_thread.run_sync(self.clear)
+
+    async def aiter_entries(self) -> AsyncIterator[CacheEntry]:
+        """:meth:`iter_entries`, read in a worker thread."""
+        for entry in await anyio.to_thread.run_sync(lambda: list(self.iter_entries())):
+            yield entry
+
+    async def aclose(self) -> None:
+        """:meth:`close` in a worker thread."""
+        await anyio.to_thread.run_sync(self.close)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class DiskCache(ThreadedCacheAPI):
     """Completed closed-model answers on disk, shared safely between tasks and processes.
 
     Args:
@@ -254,44 +316,6 @@ class DiskCache:
             cache, self._cache = self._cache, None
         if cache is not None:
             cache.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # ------------------------------------------------------------------ async API
-    async def get(self, key: str) -> CacheEntry | None:
-        """:meth:`get_sync` in a worker thread."""
-        return await anyio.to_thread.run_sync(self.get_sync, key)
-
-    async def put(self, entry: CacheEntry) -> None:
-        """:meth:`put_sync` in a worker thread."""
-        await anyio.to_thread.run_sync(self.put_sync, entry)
-
-    async def astats(self) -> CacheStats:
-        """:meth:`stats` in a worker thread."""
-        return await anyio.to_thread.run_sync(self.stats)
-
-    async def aclear(self) -> int:
-        """:meth:`clear` in a worker thread."""
-        return await anyio.to_thread.run_sync(self.clear)
-
-    async def aiter_entries(self) -> AsyncIterator[CacheEntry]:
-        """:meth:`iter_entries`, read in a worker thread."""
-        for entry in await anyio.to_thread.run_sync(lambda: list(self.iter_entries())):
-            yield entry
-
-    async def aclose(self) -> None:
-        """:meth:`close` in a worker thread."""
-        await anyio.to_thread.run_sync(self.close)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     @contextlib.asynccontextmanager
     async def lock(self, key: str) -> AsyncIterator[bool]:

@@ -326,33 +326,14 @@ def compare_to_html(report: CompareReport, *, plot_png: bytes | None = None, tit
     the per-method table and, when given, the cost-vs-quality PNG embedded as a data URI."""
     import base64
 
-    def cell(v: float | None, spec: str) -> str:
-        return "–" if v is None else format(v, spec)
+    from ..compare import SUMMARY_COLUMNS, summary_cells
 
-    head = (
-        "method", "examples (failed)", "closed calls", "HTTP attempts", "cache hits", "input tok",
-        "output tok", "$", "avoided $", "wall s", "surrogate seq", "IoU", "F1", "AUROC",
-    )  # fmt: skip
+    head = ("method", "examples (failed)", *SUMMARY_COLUMNS)
     body = "".join(
         "<tr>"
         + f"<td>{escape(s.method)}</td>"
         + "".join(
-            f'<td class="num">{escape(v)}</td>'
-            for v in (
-                f"{s.n_examples} ({s.n_failed})",
-                str(s.closed_calls),
-                str(s.http_attempts),
-                str(s.cache_hits),
-                str(s.input_tokens),
-                str(s.output_tokens),
-                cell(s.cost_usd, ".6f"),
-                cell(s.avoided_usd, ".6f"),
-                f"{s.wall_seconds:.1f}",
-                str(s.surrogate_sequences),
-                cell(s.iou, ".3f"),
-                cell(s.f1, ".3f"),
-                cell(s.auroc, ".3f"),
-            )
+            f'<td class="num">{escape(v)}</td>' for v in (f"{s.n_examples} ({s.n_failed})", *summary_cells(s))
         )
         + "</tr>"
         for s in report.methods
