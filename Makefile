@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q --disable-pip-version-check
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast browser redis-server lint typecheck bench bench-engine docs clean
+.PHONY: install demo test test-fast test-tools lint typecheck bench bench-engine docs clean
 
 install: $(STAMP)
 
@@ -23,15 +23,12 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(VENV)/bin/attribsdk demo
 
-# Headless Chromium (Debian's package) for the HTML view's browser test; idempotent, needs root.
-browser:
-	bash scripts/install_chromium.sh
+# Debian's chromium (the HTML view's browser test) and redis-server (the Redis cache tests start
+# their own); idempotent, installs only what is missing, needs root.
+test-tools:
+	bash scripts/install_test_tools.sh
 
-# Debian's redis-server for the Redis cache backend's tests (each test run starts its own); idempotent.
-redis-server:
-	bash scripts/install_redis.sh
-
-test: install browser redis-server
+test: install test-tools
 	$(PY) -m pytest
 
 test-fast: install

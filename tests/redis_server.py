@@ -19,7 +19,7 @@ import pytest
 __all__ = ["RedisServer", "redis_server_binary"]
 
 MISSING = (
-    "redis-server is not installed: run `make test` as root (scripts/install_redis.sh) "
+    "redis-server is not installed: run `make test` as root (scripts/install_test_tools.sh) "
     "or apt-get install redis-server"
 )
 

@@ -1,7 +1,7 @@
 """The HTML view in a real browser: headless Chromium loads the page, its DOM has one highlighted
 span per feature with the right data and colours, and a screenshot is written.
 
-Chromium is Debian's ``chromium`` package, installed by ``make test`` (scripts/install_chromium.sh).
+Chromium is Debian's ``chromium`` package, installed by ``make test`` (scripts/install_test_tools.sh).
 Without it the test fails under CI (``CI=true``) and skips elsewhere. The screenshot is kept in
 ``test-artifacts/html_view.png`` (git-ignored) for a person to look at.
 """
@@ -55,7 +55,7 @@ def _chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
         message = (
-            "chromium is not installed: run `make test` as root (scripts/install_chromium.sh) or apt-get it"
+            "chromium is not installed: run `make test` as root (scripts/install_test_tools.sh) or apt-get it"
         )
         if os.environ.get("CI") == "true":
             pytest.fail(message)
