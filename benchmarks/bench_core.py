@@ -44,7 +44,7 @@ async def main(args: argparse.Namespace) -> None:
                         "m": item.n_features,
                         "bucket": item.bucket,
                         "closed_s": res.timings.closed,
-                    "iou": iou_at_k(res.attributions, item.gold),
+                        "iou": iou_at_k(res.attributions, item.gold),
                         "f1": f1_at_k(res.attributions, item.gold),
                         "auroc": auroc(res.attributions, item.gold),
                         "seconds": res.timings.total,

@@ -299,9 +299,7 @@ def _worker(base_url: str, target: str, *extra: str) -> subprocess.Popen[str]:
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_processes_racing_for_one_key_make_one_request(
-    target: str, server: FakeLLMServer
-) -> None:
+async def test_processes_racing_for_one_key_make_one_request(target: str, server: FakeLLMServer) -> None:
     server.delay = 0.5  # the leader's call is still in flight while the others look up
     procs = [_worker(server.openai_base_url, target) for _ in range(4)]
     for proc in procs:
