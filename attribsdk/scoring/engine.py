@@ -28,7 +28,7 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -442,6 +442,82 @@ def score_request(lm: LocalModel, request: ScoringRequest, *, reuse_prefix: bool
 # one micro-batch
 
 
+#: One row's cached keys and values: per layer ``(keys, values)``, each ``[1, kv_heads, tokens, head_dim]``.
+LayerKV = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def prefixed_forward(
+    lm: LocalModel,
+    fed: Sequence[Sequence[int]],
+    prefixes: Sequence[LayerKV] | None = None,
+    *,
+    keep: Sequence[int] | None = None,
+    wanted: Iterable[tuple[int, str]] = (),
+) -> tuple[torch.Tensor, list[LayerKV] | None, dict[tuple[int, str], torch.Tensor]]:
+    """One decoder pass over rows that each continue their own cached prefix.
+
+    Row ``b`` feeds the tokens ``fed[b]``, right-padded to the widest row. With ``prefixes``, it
+    first attends to ``prefixes[b]``'s cached keys/values (``p_b`` tokens), right-aligned in a block
+    of the longest prefix with the left padding masked out, and its tokens take positions
+    ``p_b, p_b + 1, ...`` (explicit positions: padding never shifts RoPE, sliding windows stay exact).
+    ``keep[b]`` (without prefixes): keep the first ``keep[b]`` fed tokens' keys/values of row ``b``
+    for later rows to continue. ``wanted``: post-RoPE ``(layer, "query"|"key")`` tensors to record.
+
+    Returns the hidden states ``[rows, width, hidden]`` of the fed positions, the kept caches
+    (``None`` without ``keep``) and the recorded tensors (keys include the cached block).
+    """
+    from transformers import DynamicCache
+
+    if keep is not None and prefixes is not None:
+        raise ValueError("prefixed_forward: keep= is for rows without a cached prefix")
+    dev = lm.torch_device
+    n = len(fed)
+    shared = [0] * n if prefixes is None else [int(kv[0][0].shape[-2]) if kv else 0 for kv in prefixes]
+    lengths = [len(f) for f in fed]
+    width, block = max(lengths), max(shared)
+    ids = torch.full((n, width), lm.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((n, block + width), dtype=torch.long)
+    positions = torch.zeros((n, width), dtype=torch.long)
+    for b, (f, p, s) in enumerate(zip(fed, shared, lengths, strict=True)):
+        ids[b, :s] = torch.tensor(list(f), dtype=torch.long)
+        mask[b, block - p : block + s] = 1
+        positions[b] = torch.arange(p, p + width).clamp(max=p + s - 1)
+
+    past: Any = None
+    if prefixes is not None and block > 0:
+        layers = []
+        pads = [(0, 0, block - p, 0) for p in shared]
+        pad = torch.nn.functional.pad
+        for layer in range(len(next(kv for kv in prefixes if kv))):
+            keys = [pad(kv[layer][0], lr) for kv, lr in zip(prefixes, pads, strict=True)]
+            values = [pad(kv[layer][1], lr) for kv, lr in zip(prefixes, pads, strict=True)]
+            layers.append((torch.cat(keys), torch.cat(values)))
+        past = DynamicCache(ddp_cache_data=layers)
+    elif keep is not None:
+        past = DynamicCache()
+
+    with recording(set(wanted)) as recorder:  # type: ignore[arg-type]
+        out = lm.decoder(
+            input_ids=_to(ids, dev),
+            attention_mask=_to(mask, dev),
+            position_ids=_to(positions, dev),
+            past_key_values=past,
+            use_cache=past is not None,
+        )
+    hidden: torch.Tensor = out[0]
+    kept: list[LayerKV] | None = None
+    if keep is not None:
+        cache = out.past_key_values
+        kept = [
+            [
+                (lay.keys[b : b + 1, :, :k].clone(), lay.values[b : b + 1, :, :k].clone())
+                for lay in cache.layers
+            ]
+            for b, k in enumerate(keep)
+        ]
+    return hidden, kept, recorder.tensors
+
+
 def _run_batch(lm: LocalModel, items: Sequence[Item], *, keep_cache: bool) -> None:
     """Run ``items`` as one forward pass and store their targets, log-probs and spans in their jobs.
 
@@ -449,59 +525,25 @@ def _run_batch(lm: LocalModel, items: Sequence[Item], *, keep_cache: bool) -> No
     suffix; its shared prefix comes from its job's reference cache, right-aligned in a block of the
     batch's longest shared prefix. ``keep_cache`` (reference rows only) keeps each row's keys/values.
     """
-    from transformers import DynamicCache
-
     dev = lm.torch_device
-    n = len(items)
     shared = [job.shared[r] for job, r in items]
     seqs = [job.rows[r].ids + job.answer_ids for job, r in items]
-    suffixes = [len(s) - p for s, p in zip(seqs, shared, strict=True)]
-    width, block = max(suffixes), max(shared)
-    ids = torch.full((n, width), lm.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((n, block + width), dtype=torch.long)
-    positions = torch.zeros((n, width), dtype=torch.long)
-    for b, (seq, p, s) in enumerate(zip(seqs, shared, suffixes, strict=True)):
-        ids[b, :s] = torch.tensor(seq[p:], dtype=torch.long)
-        mask[b, block - p : block + s] = 1
-        positions[b] = torch.arange(p, p + width).clamp(max=p + s - 1)
-
-    past: Any = None
-    if block > 0:
-        layers = []
-        for layer in range(len(items[0][0].ref_kv or ())):
-            keys = []
-            values = []
-            for (job, _), p in zip(items, shared, strict=True):
-                assert job.ref_kv is not None
-                k, v = job.ref_kv[layer]
-                pad = block - p
-                keys.append(torch.nn.functional.pad(k[:, :, :p], (0, 0, pad, 0)))
-                values.append(torch.nn.functional.pad(v[:, :, :p], (0, 0, pad, 0)))
-            layers.append((torch.cat(keys), torch.cat(values)))
-        past = DynamicCache(ddp_cache_data=layers)
-    elif keep_cache:
-        past = DynamicCache()
-
-    wanted = {(job.layer_idx, job.capture.which) for job, _ in items if job.capture is not None}
+    fed = [seq[p:] for seq, p in zip(seqs, shared, strict=True)]
+    suffixes = [len(f) for f in fed]
+    width = max(suffixes)
+    prefixes: list[LayerKV] | None = None
+    if max(shared) > 0:
+        prefixes = []
+        for (job, _), p in zip(items, shared, strict=True):
+            assert job.ref_kv is not None
+            prefixes.append([(k[:, :, :p], v[:, :, :p]) for k, v in job.ref_kv])
+    keep = [job.prompt_len(r) for job, r in items] if keep_cache else None
+    wanted = {(int(job.layer_idx or 0), job.capture.which) for job, _ in items if job.capture is not None}
     try:
-        with recording(wanted) as recorder:  # type: ignore[arg-type]
-            out = lm.decoder(
-                input_ids=_to(ids, dev),
-                attention_mask=_to(mask, dev),
-                position_ids=_to(positions, dev),
-                past_key_values=past,
-                use_cache=past is not None,
-            )
-        hidden: torch.Tensor = out[0]  # [n, width, hidden]
-        if keep_cache:
-            cache = out.past_key_values
-            for b, (job, r) in enumerate(items):
-                length = job.prompt_len(r)
-                job.ref_kv = [
-                    (layer.keys[b : b + 1, :, :length].clone(), layer.values[b : b + 1, :, :length].clone())
-                    for layer in cache.layers
-                ]
-        del out, past
+        hidden, kept, recorded_tensors = prefixed_forward(lm, fed, prefixes, keep=keep, wanted=wanted)
+        if kept is not None:
+            for (job, _), kv in zip(items, kept, strict=True):
+                job.ref_kv = kv
 
         # Spans. The fed tokens are the last ``width`` positions of the recorded tensor (keys also
         # hold the cached block before them, queries do not); a row's shared prefix is the
@@ -509,7 +551,7 @@ def _run_batch(lm: LocalModel, items: Sequence[Item], *, keep_cache: bool) -> No
         for b, (job, r) in enumerate(items):
             if job.capture is None or job.spans is None:
                 continue
-            tensor = recorder.tensors.get((int(job.layer_idx or 0), job.capture.which))
+            tensor = recorded_tensors.get((int(job.layer_idx or 0), job.capture.which))
             if tensor is None:
                 raise ScoringError(
                     f"layer {job.layer_idx} produced no {job.capture.which} vectors to capture"

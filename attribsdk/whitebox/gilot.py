@@ -107,7 +107,7 @@ import torch
 from pydantic import Field
 
 from ..errors import InputError, ScoringError
-from ..scoring.engine import pack_batches
+from ..scoring.engine import LayerKV, pack_batches, prefixed_forward
 from ..scoring.models import LocalModel
 from ._core import WhiteboxInput
 from ._method import WhiteboxConfig, WhiteboxMethod, WhiteboxScores
@@ -468,70 +468,7 @@ def beam_prefixes(lm: LocalModel, prompt_ids: Sequence[int], beams: int, depth: 
 # marginal next-token distributions of many masked inputs
 
 
-KV = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-def _forward(
-    lm: LocalModel,
-    fed: Sequence[Sequence[int]],
-    prefix: Sequence[KV] | None = None,
-    *,
-    keep_cache: bool = False,
-) -> tuple[torch.Tensor, list[KV] | None]:
-    """One decoder pass over right-padded rows (explicit positions, so padding never shifts RoPE).
-
-    Row ``b`` feeds ``fed[b]``; with ``prefix`` it first attends to ``prefix[b]``'s cached
-    keys/values (per layer ``[1, kv_heads, p_b, head_dim]``), right-aligned in a block padded on
-    the left, and its tokens take positions ``p_b, p_b + 1, ...``. Returns the hidden states
-    ``[rows, width, hidden]`` (fed positions only) and, with ``keep_cache`` (no prefix), each row's
-    own keys/values over its fed tokens.
-    """
-    from transformers import DynamicCache
-
-    dev = lm.torch_device
-    n = len(fed)
-    shared = [0] * n if prefix is None else [int(kv[0][0].shape[-2]) for kv in prefix]
-    lengths = [len(f) for f in fed]
-    width, block = max(lengths), max(shared)
-    ids = torch.full((n, width), lm.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((n, block + width), dtype=torch.long)
-    positions = torch.zeros((n, width), dtype=torch.long)
-    for b, (f, p, s) in enumerate(zip(fed, shared, lengths, strict=True)):
-        ids[b, :s] = torch.tensor(list(f), dtype=torch.long)
-        mask[b, block - p : block + s] = 1
-        positions[b] = torch.arange(p, p + width).clamp(max=p + s - 1)
-    past: Any = None
-    if prefix is not None and block > 0:
-        layers = []
-        pads = [(0, 0, block - p, 0) for p in shared]
-        for layer in range(len(prefix[0])):
-            keys = [torch.nn.functional.pad(kv[layer][0], pad) for kv, pad in zip(prefix, pads, strict=True)]
-            values = [
-                torch.nn.functional.pad(kv[layer][1], pad) for kv, pad in zip(prefix, pads, strict=True)
-            ]
-            layers.append((torch.cat(keys), torch.cat(values)))
-        past = DynamicCache(ddp_cache_data=layers)
-    elif keep_cache:
-        past = DynamicCache()
-    out = lm.decoder(
-        input_ids=ids.to(dev),
-        attention_mask=mask.to(dev),
-        position_ids=positions.to(dev),
-        past_key_values=past,
-        use_cache=past is not None,
-    )
-    hidden: torch.Tensor = out[0]
-    kept: list[KV] | None = None
-    if keep_cache:
-        cache = out.past_key_values
-        kept = [
-            [
-                (layer.keys[b : b + 1, :, :s].clone(), layer.values[b : b + 1, :, :s].clone())
-                for layer in cache.layers
-            ]
-            for b, s in enumerate(lengths)
-        ]
-    return hidden, kept
+KV = LayerKV
 
 
 @dataclass
@@ -575,7 +512,7 @@ class _Marginals:
             order = sorted(inputs, key=lambda i: len(i.ids))
             for batch in pack_batches([len(i.ids) + len(chain) for i in order], limits):
                 members = [order[i] for i in batch]
-                hidden, _ = _forward(self.lm, [m.ids + chain for m in members])
+                hidden, _, _ = prefixed_forward(self.lm, [m.ids + chain for m in members])
                 self._count(len(members), sum(len(m.ids) + len(chain) for m in members))
                 for b, inp in enumerate(members):
                     n = len(inp.ids)
@@ -591,7 +528,8 @@ class _Marginals:
         order = sorted(inputs, key=lambda i: len(i.ids))
         for group in pack_batches([len(i.ids) for i in order], limits):
             members = [order[i] for i in group]
-            hidden, kept = _forward(self.lm, [m.ids for m in members], keep_cache=True)
+            roots = [m.ids for m in members]
+            hidden, kept, _ = prefixed_forward(self.lm, roots, keep=[len(r) for r in roots])
             assert kept is not None
             self._count(len(members), sum(len(m.ids) for m in members))
             for b, inp in enumerate(members):
@@ -609,7 +547,7 @@ class _Marginals:
                 for inp, _ in chunk:
                     assert inp.kv is not None
                     prefix.append(inp.kv)
-                hidden, _ = _forward(self.lm, fed, prefix)
+                hidden, _, _ = prefixed_forward(self.lm, fed, prefix)
                 self._count(len(chunk), sum(len(f) for f in fed))
                 for b, (inp, r) in enumerate(chunk):
                     self._path(inp, r, _next_token_logp(self.lm, hidden[b, : len(fed[b])]))
