@@ -16,7 +16,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .html import NEGATIVE_RGB, POSITIVE_RGB
 
@@ -137,8 +137,12 @@ def plot_metric_vs_m(
     as black crosses ``(x, value, citation)``; ``buckets`` label the x axis."""
     fig = _figure((7.0, 4.2))
     ax = fig.add_subplot(1, 1, 1)
-    for method, (xs, ys, es) in series.items():
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
+    # tab10 repeats after 10 series: switch to tab20 and vary the marker so every method stays apart
+    colours = _colormap("tab10" if len(series) <= 10 else "tab20")
+    markers = "os^Dv<>pP*h"
+    for i, (method, (xs, ys, es)) in enumerate(series.items()):
+        style = {"marker": markers[i % len(markers)], "color": colours(i % colours.N)}
+        ax.errorbar(xs, ys, yerr=es, capsize=3, label=method, **style)
     for i, (x, value, citation) in enumerate(references):
         ax.scatter(
             [x],
@@ -157,3 +161,10 @@ def plot_metric_vs_m(
     fig.tight_layout()
     _save(fig, path)
     return fig
+
+
+def _colormap(name: str) -> Any:
+    """A qualitative matplotlib colormap by name (``cmap(i)`` is the i-th colour, ``cmap.N`` colours)."""
+    import matplotlib
+
+    return matplotlib.colormaps[name]
