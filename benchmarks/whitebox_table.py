@@ -6,8 +6,9 @@
 Reads each run's ``rows.jsonl`` (written by ``attribsdk bench run``) and prints a markdown table:
 per dataset and method, the mean over examples of IoU, F1, AUROC (gold labels), π-Soft-NC and
 π-Soft-NS AUC and ABPC (faithfulness, higher is better for all), and the method's own seconds per
-example (faithfulness scoring excluded). ``n`` counts rows; a metric that is undefined for an
-example (e.g. AUROC when every feature is gold) is left out of that mean.
+example (faithfulness scoring excluded). Only examples that every method of the run finished are
+counted (``n``), so a partial run still compares methods on the same examples; a metric that is
+undefined for an example (e.g. AUROC when every feature is gold) is left out of that mean.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ def table(runs: list[Path]) -> str:
     for run in runs:
         rows = [json.loads(line) for line in (run / "rows.jsonl").read_text().splitlines() if line.strip()]
         methods = list(dict.fromkeys(r["method"] for r in rows))
+        done = {m: {r["id"] for r in rows if r["method"] == m} for m in methods}
+        complete = set.intersection(*done.values()) if done else set()
         for method in methods:
-            mine = [r for r in rows if r["method"] == method]
+            mine = [r for r in rows if r["method"] == method and r["id"] in complete]
             cells = [_mean([r["metrics"].get(key) for r in mine]) for key, _ in COLUMNS]
             secs = _mean([r["seconds"] for r in mine])
             lead = f"| {mine[0]['dataset']} | {method} | {len(mine)} | "
