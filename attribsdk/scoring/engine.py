@@ -623,7 +623,7 @@ def _score_rows(lm: LocalModel, job: Job, rows: list[int], answer_hidden: torch.
     chunk = max(1, lm.batch_limits.max_logit_elements // (t * lm.vocab_size))
     for lo in range(0, len(rows), chunk):
         idx = rows[lo : lo + chunk]
-        logprobs = _answer_logprobs(lm, answer_hidden[lo : lo + chunk])  # [b, T, V] float32
+        logprobs = head_logprobs(lm, answer_hidden[lo : lo + chunk])  # [b, T, V] float32
         if job.ref_lp is None:
             if idx[0] != 0:
                 raise ScoringError("internal: a perturbed row ran before its reference")
@@ -639,10 +639,8 @@ def _score_rows(lm: LocalModel, job: Job, rows: list[int], answer_hidden: torch.
         job.answer_lp[idx] = picked.double().cpu().numpy()
 
 
-def _answer_logprobs(lm: LocalModel, hidden: torch.Tensor) -> torch.Tensor:
-    """LM head (+ final logit soft-capping if the model has it) and float32 log-softmax: ``[b, T, V]``."""
-    logits = lm.lm_head(hidden).float()
-    cap = lm.logit_softcap
-    if cap is not None:
-        logits = torch.tanh(logits / cap) * cap
+def head_logprobs(lm: LocalModel, hidden: torch.Tensor) -> torch.Tensor:
+    """LM head (+ final logit soft-capping if the model has it) and float32 log-softmax:
+    ``[..., hidden]`` -> ``[..., V]``."""
+    logits: torch.Tensor = lm.head_logits(hidden)
     return torch.log_softmax(logits, dim=-1)

@@ -292,6 +292,15 @@ class LocalModel:
     def logit_softcap(self) -> float | None:
         return self._logit_softcap
 
+    def head_logits(self, hidden: Any) -> Any:
+        """The LM head on decoder states ``[..., hidden]``, then the model's final logit
+        soft-capping if it has one (Gemma): float32 logits ``[..., V]``. Autograd flows through."""
+        logits = self.lm_head(hidden).float()
+        cap = self._logit_softcap
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
     @property
     def pad_token_id(self) -> int:
         return self._pad_token_id

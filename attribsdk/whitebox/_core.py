@@ -115,9 +115,7 @@ def answer_logits(
     lm = wi.lm
     out = lm.decoder(inputs_embeds=inputs_embeds, use_cache=False, **forward)
     hidden = out[0][:, wi.answer_positions]  # [B, T, hidden]
-    logits = lm.lm_head(hidden).float()
-    if lm.logit_softcap is not None:
-        logits = torch.tanh(logits / lm.logit_softcap) * lm.logit_softcap
+    logits: torch.Tensor = lm.head_logits(hidden)
     return logits, out
 
 

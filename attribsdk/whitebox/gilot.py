@@ -107,7 +107,7 @@ import torch
 from pydantic import Field
 
 from ..errors import InputError, ScoringError
-from ..scoring.engine import LayerKV, pack_batches, prefixed_forward
+from ..scoring.engine import LayerKV, head_logprobs, pack_batches, prefixed_forward
 from ..scoring.models import LocalModel
 from ._core import WhiteboxInput
 from ._method import WhiteboxConfig, WhiteboxMethod, WhiteboxScores
@@ -410,15 +410,6 @@ class PrefixTree:
         return out
 
 
-def _next_token_logp(lm: LocalModel, hidden: torch.Tensor) -> torch.Tensor:
-    """LM head (+ soft-capping) on ``[..., hidden]`` states: float32 log-probabilities ``[..., V]``."""
-    logits = lm.lm_head(hidden).float()
-    cap = lm.logit_softcap
-    if cap is not None:
-        logits = torch.tanh(logits / cap) * cap
-    return torch.log_softmax(logits, dim=-1)
-
-
 def beam_prefixes(lm: LocalModel, prompt_ids: Sequence[int], beams: int, depth: int) -> PrefixTree:
     """Beam search of width ``beams`` for ``depth`` tokens after ``prompt_ids`` (incremental, with
     the model's KV cache); every hypothesis kept at every length becomes a node. Hypotheses never
@@ -436,7 +427,7 @@ def beam_prefixes(lm: LocalModel, prompt_ids: Sequence[int], beams: int, depth: 
     ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=dev)
     out = lm.decoder(input_ids=ids, past_key_values=DynamicCache(), use_cache=True)
     cache = out.past_key_values
-    logp = _next_token_logp(lm, out[0][:, -1]).double()  # [hypotheses, V]
+    logp = head_logprobs(lm, out[0][:, -1]).double()  # [hypotheses, V]
     scores = torch.zeros(1, dtype=torch.float64, device=dev)  # log p(hypothesis | prompt)
     nodes = [0]
     for step in range(1, depth + 1):
@@ -459,7 +450,7 @@ def beam_prefixes(lm: LocalModel, prompt_ids: Sequence[int], beams: int, depth: 
             input_ids=tokens[:, None], position_ids=positions, past_key_values=cache, use_cache=True
         )
         cache = out.past_key_values
-        logp = _next_token_logp(lm, out[0][:, -1]).double()
+        logp = head_logprobs(lm, out[0][:, -1]).double()
         scores = top.values
     return tree
 
@@ -516,7 +507,7 @@ class _Marginals:
                 self._count(len(members), sum(len(m.ids) + len(chain) for m in members))
                 for b, inp in enumerate(members):
                     n = len(inp.ids)
-                    logp = _next_token_logp(self.lm, hidden[b, n - 1 : n + len(chain)])
+                    logp = head_logprobs(self.lm, hidden[b, n - 1 : n + len(chain)])
                     self._root(inp, logp[0])
                     if path:
                         self._path(inp, 0, logp[1:])
@@ -535,7 +526,7 @@ class _Marginals:
             for b, inp in enumerate(members):
                 inp.kv = kept[b]
                 inp.rows_left = len(self.paths)
-                self._root(inp, _next_token_logp(self.lm, hidden[b, len(inp.ids) - 1]))
+                self._root(inp, head_logprobs(self.lm, hidden[b, len(inp.ids) - 1]))
             del hidden, kept
             pairs = [(inp, r) for inp in members for r in range(len(self.paths))]
             pairs.sort(key=lambda pair: len(pair[0].ids) + len(self.paths[pair[1]]))
@@ -550,7 +541,7 @@ class _Marginals:
                 hidden, _, _ = prefixed_forward(self.lm, fed, prefix)
                 self._count(len(chunk), sum(len(f) for f in fed))
                 for b, (inp, r) in enumerate(chunk):
-                    self._path(inp, r, _next_token_logp(self.lm, hidden[b, : len(fed[b])]))
+                    self._path(inp, r, head_logprobs(self.lm, hidden[b, : len(fed[b])]))
                     inp.rows_left -= 1
                     if inp.rows_left == 0:
                         inp.kv = None

@@ -396,9 +396,7 @@ def target_graph(
                 raise ScoringError(f"heat: layer {depth} ran {len(leaf)} times in one forward pass")
             with torch.enable_grad():
                 hidden = out[0][0, positions]  # [T, hidden]
-                logits = lm.lm_head(hidden).float()
-                if lm.logit_softcap is not None:
-                    logits = torch.tanh(logits / lm.logit_softcap) * lm.logit_softcap
+                logits = lm.head_logits(hidden)
                 picked = logits.gather(-1, answer.view(-1, 1)).squeeze(-1)
                 target = (picked - torch.logsumexp(logits, dim=-1)).mean()
                 hvp3 = make_hvp(target, leaf[0])
