@@ -30,7 +30,6 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio
 import anyio.to_thread
-from pydantic import ValidationError
 
 from ..errors import CacheUnavailableError, ConfigError
 from .backend import is_cache_url, redact_url
@@ -166,14 +165,11 @@ class RedisCache(ThreadedCacheAPI):
             return None
         try:
             text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-            entry = CacheEntry.model_validate_json(text)
-            if entry.key != key:
-                raise ValueError("entry key does not match its cache key")
-        except (ValidationError, ValueError) as exc:
+        except UnicodeDecodeError as exc:
             self._stats["invalid"] += 1
             logger.warning("cache %s: invalid entry %s… ignored (%s)", self.location, key[:12], exc)
             return None
-        return entry
+        return self._parse_entry(key, text)
 
     def get_sync(self, key: str) -> CacheEntry | None:
         """The valid entry under ``key``, or ``None`` (a corrupt or foreign value counts as missing)."""

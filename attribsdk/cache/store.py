@@ -146,7 +146,27 @@ class ThreadedCacheAPI:
     """The async API and context managers of a cache backend whose operations are blocking
     (``get_sync``, ``put_sync``, ``stats``, ``clear``, ``iter_entries``, ``close``): each async
     method runs its blocking twin in a worker thread, so the event loop never waits on disk or
-    network I/O (asyncio and trio alike)."""
+    network I/O (asyncio and trio alike). It also holds the entry validation both backends share."""
+
+    #: hits / misses / writes / invalid counted by this instance (see ``stats``).
+    _stats: dict[str, int]
+
+    @property
+    def location(self) -> str:
+        raise NotImplementedError
+
+    def _parse_entry(self, key: str, text: str) -> CacheEntry | None:
+        """``text`` as the entry stored under ``key``; corrupt JSON, a foreign schema or another key's
+        entry is counted as invalid, logged and read as missing."""
+        try:
+            entry = CacheEntry.model_validate_json(text)
+            if entry.key != key:
+                raise ValueError("entry key does not match its cache key")
+        except (ValidationError, ValueError) as exc:
+            self._stats["invalid"] += 1
+            logger.warning("cache %s: invalid entry %s… ignored (%s)", self.location, key[:12], exc)
+            return None
+        return entry
 
     def get_sync(self, key: str) -> CacheEntry | None:
         raise NotImplementedError
@@ -267,15 +287,7 @@ class DiskCache(ThreadedCacheAPI):
             return None
         if text is None:
             return None
-        try:
-            entry = CacheEntry.model_validate_json(text)
-            if entry.key != key:
-                raise ValueError("entry key does not match its cache key")
-        except (ValidationError, ValueError) as exc:
-            self._stats["invalid"] += 1
-            logger.warning("cache %s: invalid entry %s… ignored (%s)", self.directory, key[:12], exc)
-            return None
-        return entry
+        return self._parse_entry(key, text)
 
     def count_lookup(self, *, hit: bool) -> None:
         """Count one lookup of a caller (e.g. :class:`~attribsdk.cache.CachedModel`) in :meth:`stats`."""
