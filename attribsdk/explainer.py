@@ -54,7 +54,9 @@ class Explainer:
             a ``.gguf`` path, or any :class:`~attribsdk.scoring.base.Scorer`.
         method: a method name (``"rope-lime"``, ``"rope-lime-loo"``) or instance.
         device, dtype: where and how local models run (``"auto"``: cuda > mps > cpu; dtype
-            ``"auto"`` is float32 on CPU, bfloat16 on CUDA; ``"bfloat16"`` on CPU is opt-in).
+            ``"auto"`` is float32 on CPU, bfloat16 on CUDA; ``"bfloat16"`` on CPU is opt-in). They
+            apply to models this explainer loads by name; with a ready ``Scorer`` as ``surrogate``
+            and no ``"local:"`` closed model, anything but ``"auto"`` raises ``ConfigError``.
         seed: default seed of the perturbation sampler.
         params: generation parameters for the closed call.
         store: a :class:`~attribsdk.scoring.models.ModelStore` to share loaded models between
@@ -112,6 +114,15 @@ class Explainer:
         self.ray_actors = ray_actors
         self._ray: RayScorer | None = None
         self.method = make_method(method)
+        if not isinstance(surrogate, str) and (device, dtype) != ("auto", "auto"):
+            closed_is_local = isinstance(closed, str) and parse_model_string(closed)[0] == "local"
+            if not closed_is_local:
+                raise ConfigError(
+                    f"device={device!r}/dtype={dtype!r} would be ignored: the surrogate was given as a "
+                    f"ready {type(surrogate).__name__} (already placed) and the closed model is not a "
+                    "'local:' model; load the scorer with the device and dtype you want, or pass the "
+                    "surrogate by name"
+                )
         self.device = device
         self.dtype = dtype
         self.seed = seed

@@ -397,7 +397,7 @@ class LocalModel:
             enc = tokenizer(chat.text, add_special_tokens=chat.add_special_tokens, return_tensors="pt")
             n_input = int(enc["input_ids"].shape[1])
             self.check_fits(n_input + params.max_tokens, f"the prompt ({n_input}) plus max_tokens")
-            eos_ids = self._eos_ids()
+            eos_ids = self.eos_ids()
             config = GenerationConfig(  # type: ignore[no-untyped-call]
                 max_new_tokens=params.max_tokens,
                 do_sample=sampling,
@@ -451,7 +451,7 @@ class LocalModel:
             logprobs=logprobs,
         )
 
-    def _eos_ids(self) -> set[int]:
+    def eos_ids(self) -> set[int]:
         """End-of-sequence ids: the tokenizer's plus the model's generation config's (chat models
         often end a turn with a token other than the tokenizer's EOS)."""
         ids: set[int] = set()

@@ -422,7 +422,7 @@ def beam_prefixes(lm: LocalModel, prompt_ids: Sequence[int], beams: int, depth: 
     dev = lm.torch_device
     vocab = lm.vocab_size
     # LocalModel's end-of-sequence ids: the tokenizer's and the generation config's (chat turn ends)
-    ends = sorted(i for i in lm._eos_ids() if 0 <= i < vocab)
+    ends = sorted(i for i in lm.eos_ids() if 0 <= i < vocab)
     eos = torch.tensor(ends, dtype=torch.long, device=dev)
     ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=dev)
     out = lm.decoder(input_ids=ids, past_key_values=DynamicCache(), use_cache=True)

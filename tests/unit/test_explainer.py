@@ -208,3 +208,14 @@ async def test_explain_many_batches_examples_together_with_identical_results() -
         np.testing.assert_allclose(a.attributions, b.attributions, atol=1e-6)
         assert a.samples is not None and b.samples is not None
         np.testing.assert_allclose(a.samples.targets, b.samples.targets, atol=1e-6)
+
+
+def test_device_or_dtype_with_a_ready_scorer_is_refused(tiny: Any) -> None:
+    with pytest.raises(ConfigError, match="would be ignored"):
+        Explainer(closed=TestModel("Paris."), surrogate=tiny, device="cpu")
+    with pytest.raises(ConfigError, match="would be ignored"):
+        Explainer(closed=TestModel("Paris."), surrogate=tiny, dtype="bfloat16")
+    # A local closed model is loaded by name, so device/dtype still apply to it.
+    ex = Explainer(closed="local:smollm2", surrogate=tiny, dtype="float32")
+    assert ex.dtype == "float32"
+    Explainer(closed=TestModel("Paris."), surrogate=tiny)  # "auto": nothing to ignore
