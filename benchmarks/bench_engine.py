@@ -614,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", choices=["tune", "report", "all"], default="report")
     p.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(SYSTEMS))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--lanes", type=int, default=None, help="attribsdk scoring lanes (default: the model's)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -630,8 +631,12 @@ def main(argv: list[str] | None = None) -> int:
     systems: list[str] = list(dict.fromkeys(args.systems))
 
     t_load = time.perf_counter()
-    lm = load_model("smollm2", device=args.device, dtype=args.dtype)
-    print(f"loaded {lm!r} in {time.perf_counter() - t_load:.1f} s; {threads} threads", flush=True)
+    lm = load_model("smollm2", device=args.device, dtype=args.dtype, lanes=args.lanes)
+    print(
+        f"loaded {lm!r} in {time.perf_counter() - t_load:.1f} s; {threads} threads, "
+        f"{lm.lanes} scoring lane(s) for attribsdk",
+        flush=True,
+    )
     shape = ModelShape.of(lm)
     workloads = build_workloads(lm, "paper", args.n_paper, args.split, args.seed)
     workloads += build_workloads(lm, "full", args.n_full, args.split, args.seed)

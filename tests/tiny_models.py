@@ -105,14 +105,19 @@ def tiny_llama(
 
 
 def tiny_local_model(
-    *, seed: int = 0, context: int = 512, n_layers: int = 2, chat_template: str | None = CHATML_TEMPLATE
+    *,
+    seed: int = 0,
+    context: int = 512,
+    n_layers: int = 2,
+    chat_template: str | None = CHATML_TEMPLATE,
+    lanes: int | None = None,
 ) -> LocalModel:
     """A :class:`LocalModel` around :func:`tiny_llama` and :func:`tiny_tokenizer` (CPU, float32)."""
     from attribsdk.scoring.models import LocalModel
 
     tok = tiny_tokenizer(chat_template=chat_template)
     model = tiny_llama(len(tok), seed=seed, context=context, n_layers=n_layers)
-    return LocalModel(model, tok, name="tiny-llama")
+    return LocalModel(model, tok, name="tiny-llama", lanes=lanes)
 
 
 def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:

@@ -18,7 +18,8 @@ How the work is laid out (each step measured on the HotpotQA dev data, see bench
   sequence (Gemma's 262k vocabulary would need gigabytes).
 * **Many requests, one queue.** :class:`Scheduler` holds any number of requests and fills each
   micro-batch from all of them (cross-example batching; every row brings its own request's cache);
-  :class:`~attribsdk.scoring.queue.ScoringQueue` runs it on a worker thread.
+  :class:`~attribsdk.scoring.queue.ScoringQueue` runs micro-batches on worker threads ("lanes"),
+  several at once on CPU, where small matmuls scale poorly across threads.
 * **Out of memory is not a crash.** A batch that runs out of memory is split in halves and retried;
   only a single row that still does not fit fails, with :class:`~attribsdk.errors.ScoringError`.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import resource
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -234,6 +236,12 @@ class Job:
     slots: int = 0
     computed: int = 0
     splits: int = 0
+    #: Rows handed to a lane and not completed yet.
+    inflight: int = 0
+    #: The reference (row 0) has completed: its KV cache, log-probs and capture are in place.
+    ref_done: bool = False
+    #: The scheduler has handed this job back as finished (result or error).
+    reported: bool = False
 
     def __post_init__(self) -> None:
         n = len(self.rows)
@@ -333,15 +341,21 @@ Item = tuple[Job, int]
 
 
 class Scheduler:
-    """Runs the rows of any number of jobs on one model, one micro-batch per :meth:`step`.
+    """Runs the rows of any number of jobs on one model, one micro-batch at a time per lane.
 
-    New jobs' references go first (batched together); then every pending row of every job is sorted
-    by (job age, suffix length) and the first micro-batch of that order runs, so a job's tail shares
-    a batch with the next job's head. Not thread-safe: one thread drives it, holding the model's lock.
+    New jobs' references go first (batched together); then every pending row of every job whose
+    reference is done is sorted by (job age, suffix length) and the first micro-batch of that order
+    runs, so a job's tail shares a batch with the next job's head.
+
+    One thread: :meth:`step` (take, run, complete). Several lanes (:class:`ScoringQueue`): each calls
+    :meth:`take` and :meth:`complete` under one lock it holds, and :meth:`run` without it, so
+    micro-batches of different rows run at the same time. With ``lanes > 1`` a batch takes at most
+    its share of the runnable rows, so the lanes have work to split.
     """
 
-    def __init__(self, lm: LocalModel) -> None:
+    def __init__(self, lm: LocalModel, *, lanes: int = 1) -> None:
         self.lm = lm
+        self.lanes = max(1, int(lanes))
         self.jobs: list[Job] = []
 
     def add(self, job: Job) -> None:
@@ -350,34 +364,87 @@ class Scheduler:
     def __bool__(self) -> bool:
         return bool(self.jobs)
 
-    def step(self) -> list[Job]:
-        """Run one micro-batch; returns the jobs that finished (result or error) and drops them."""
-        self.jobs = [j for j in self.jobs if not j.done]
-        if not self.jobs:
-            return []
+    def runnable(self) -> bool:
+        """Whether :meth:`take` would return a batch now."""
+        return any(self._candidates(j) for j in self.jobs)
+
+    @staticmethod
+    def _candidates(job: Job) -> bool:
+        if job.done or not job.pending:
+            return False
+        return job.ref_done or (0 in job.pending)
+
+    def take(self) -> tuple[list[Item], bool] | None:
+        """The next micro-batch and whether it is a batch of references (``keep_cache``); its rows
+        leave ``pending``. ``None`` when nothing can run now (no rows, or only rows waiting for a
+        reference that another lane is computing)."""
+        self.jobs = [j for j in self.jobs if not (j.done and not j.inflight)]
+        live = [j for j in self.jobs if not j.done]
         limits = self.lm.batch_limits
-        fresh = [j for j in self.jobs if j.ref_lp is None]
+        fresh = [j for j in live if 0 in j.pending]
         if fresh:
             items: list[Item] = sorted(((j, 0) for j in fresh), key=lambda it: it[0].suffix_len(0))
             keep_cache = True
         else:
-            items = [(j, r) for j in self.jobs for r in sorted(j.pending, key=j.suffix_len)]
+            items = [(j, r) for j in live if j.ref_done for r in sorted(j.pending, key=j.suffix_len)]
             keep_cache = False
+            if not items:
+                return None
+            if self.lanes > 1:
+                share = -(-len(items) // self.lanes)  # ceil: every lane gets a part
+                limits = BatchLimits(
+                    max_sequences=max(1, min(limits.max_sequences, share)),
+                    max_tokens=limits.max_tokens,
+                    max_logit_elements=limits.max_logit_elements,
+                )
         batch = items[: len(pack_batches([j.suffix_len(r) for j, r in items], limits)[0])]
-        self._run(batch, keep_cache=keep_cache)
-        finished = [j for j in self.jobs if j.done or not j.pending]
-        for job in finished:
-            if not job.done:
+        for job, r in batch:
+            job.pending.remove(r)
+            job.inflight += 1
+        return batch, keep_cache
+
+    def run(self, items: list[Item], *, keep_cache: bool) -> None:
+        """Run one micro-batch (no scheduler state is touched: call without the scheduler lock)."""
+        self._run(items, keep_cache=keep_cache)
+
+    def complete(self, items: list[Item], *, keep_cache: bool) -> list[Job]:
+        """Account for a batch :meth:`run` finished; returns the jobs that finished (result or error)
+        and stops tracking them once none of their rows is in flight."""
+        for job, _ in items:
+            job.inflight -= 1
+            if keep_cache and job.error is None:
+                job.ref_done = True
+        finished: list[Job] = []
+        for job in {id(j): j for j, _ in items}.values():
+            if job.error is not None:
+                job.pending.clear()
+            if job.reported:
+                continue
+            if job.error is None and (job.pending or job.inflight):
+                continue
+            if job.error is None:
                 try:
                     _finish(self.lm, job)
                 except Exception as exc:  # decoding the answer tokens cannot fail for a live model
                     job.error = ScoringError(f"could not assemble the scores: {exc}")
-        self.jobs = [j for j in self.jobs if not j.done]
+            job.reported = True
+            finished.append(job)
+        self.jobs = [j for j in self.jobs if not (j.done and not j.inflight)]
         return finished
+
+    def step(self) -> list[Job]:
+        """Take, run and complete one micro-batch in this thread; returns the jobs that finished."""
+        taken = self.take()
+        if taken is None:
+            return []
+        items, keep_cache = taken
+        self.run(items, keep_cache=keep_cache)
+        return self.complete(items, keep_cache=keep_cache)
 
     def run_until_done(self) -> None:
         while self.jobs:
-            self.step()
+            if not self.step() and not self.runnable() and not any(j.inflight for j in self.jobs):
+                break
 
     def _run(self, items: list[Item], *, keep_cache: bool) -> None:
         lm = self.lm
@@ -393,8 +460,9 @@ class Scheduler:
                 )
                 job.error.__cause__ = exc.__cause__
                 return
-            for job in {id(j): j for j, _ in items}.values():
-                job.splits += 1
+            with _ACCOUNTING:
+                for job in {id(j): j for j, _ in items}.values():
+                    job.splits += 1
             half = len(items) // 2
             self._run(items[:half], keep_cache=keep_cache)
             self._run(items[half:], keep_cache=keep_cache)
@@ -406,6 +474,10 @@ class Scheduler:
             err.__cause__ = exc
             for job, _ in items:
                 job.error = err
+
+
+#: Guards the per-job counters that concurrent lanes update after their batches.
+_ACCOUNTING = threading.Lock()
 
 
 class _OutOfMemory(Exception):
@@ -598,14 +670,14 @@ def _run_batch(lm: LocalModel, items: Sequence[Item], *, keep_cache: bool) -> No
 
     # Accounting (after success, so a split-and-retried batch is counted once per piece that ran).
     jobs = {id(job): job for job, _ in items}
-    for job in jobs.values():
-        job.batches += 1
-        if len(jobs) > 1:
-            job.mixed_batches += 1
-    for (job, r), s in zip(items, suffixes, strict=True):
-        job.slots += width
-        job.computed += s
-        job.pending.remove(r)
+    with _ACCOUNTING:
+        for job in jobs.values():
+            job.batches += 1
+            if len(jobs) > 1:
+                job.mixed_batches += 1
+        for (job, _), s in zip(items, suffixes, strict=True):
+            job.slots += width
+            job.computed += s
 
 
 def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

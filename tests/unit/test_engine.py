@@ -241,3 +241,111 @@ def test_closing_the_model_fails_queued_requests(lm: LocalModel) -> None:
         future.result(timeout=10)
     with pytest.raises(ModelLoadError):
         lm.score(request)
+
+
+def _slow_forward(lm: LocalModel, seconds: float) -> Any:
+    """Make every decoder pass take at least ``seconds`` (so lanes visibly overlap)."""
+
+    def hook(*_: Any) -> None:
+        threading.Event().wait(seconds)
+
+    return lm.model.get_decoder().register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3])
+def test_lanes_run_batches_side_by_side_with_identical_results(lanes: int) -> None:
+    lm = tiny_local_model(lanes=lanes)
+    lm.batch_limits = BatchLimits(max_sequences=3, max_tokens=10_000)
+    requests = [
+        ScoringRequest(
+            prompts=prompts(seed=s, n=8),
+            answer=ANSWER if s % 2 else "Paris.",
+            capture=CaptureSpec(layer=1) if s == 0 else None,
+            target="delta_nll" if s == 2 else "kl",
+        )
+        for s in range(4)
+    ]
+    with lm.forward_lock:
+        alone = [score_request(lm, r) for r in requests]
+    hook = _slow_forward(lm, 0.05)
+    try:
+        results: list[ScoreResult | None] = [None] * len(requests)
+
+        def worker(i: int) -> None:
+            results[i] = lm.score(requests[i])
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(requests))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        hook.remove()
+    for got, ref in zip(results, alone, strict=True):
+        assert got is not None
+        assert_same(got, ref)
+        assert got.extras["computed_tokens"] == ref.extras["computed_tokens"]
+    assert lm.lanes == lanes and lm.queue.lanes == lanes
+    assert lm.queue.stats.max_lanes_busy == lanes  # every lane had a batch while the others ran
+    lm.close()
+
+
+def test_a_single_request_is_split_between_lanes() -> None:
+    lm = tiny_local_model(lanes=2)
+    request = ScoringRequest(prompts=prompts(n=12), answer=ANSWER)
+    with lm.forward_lock:
+        alone = score_request(lm, request)
+    hook = _slow_forward(lm, 0.05)
+    try:
+        got = lm.score(request)
+    finally:
+        hook.remove()
+    assert_same(got, alone)
+    # 11 perturbed rows fit one default batch; with 2 lanes each takes at most half of them.
+    assert lm.queue.stats.max_lanes_busy == 2 and got.extras["batches"] >= 3
+    lm.close()
+
+
+def test_generation_waits_for_scoring_lanes_and_is_not_starved() -> None:
+    lm = tiny_local_model(lanes=2)
+    lm.batch_limits = BatchLimits(max_sequences=1, max_tokens=10_000)  # many short batches
+    hook = _slow_forward(lm, 0.02)
+    try:
+        future = lm.queue.submit(ScoringRequest(prompts=prompts(n=12), answer=ANSWER))
+        while not lm.forward_lock.locked():
+            threading.Event().wait(0.005)
+        with lm.forward_lock:  # exclusive: waits for the lanes' batches, then holds them off
+            assert not future.done()
+            held_batches = lm.queue.stats.batches
+            threading.Event().wait(0.1)
+            assert lm.queue.stats.batches == held_batches  # no batch ran while held exclusively
+        assert future.result(timeout=30).targets.shape == (12,)
+    finally:
+        hook.remove()
+    lm.close()
+
+
+def test_closing_with_lanes_fails_queued_requests() -> None:
+    lm = tiny_local_model(lanes=2)
+    request = ScoringRequest(prompts=prompts(n=6), answer=ANSWER)
+    lm.score(request)  # starts the lanes
+    with lm.forward_lock:
+        futures = [lm.queue.submit(request) for _ in range(3)]
+        closer = threading.Thread(target=lm.close)
+        closer.start()
+        for _ in range(200):
+            if lm._queue is None:
+                break
+            threading.Event().wait(0.01)
+    closer.join()
+    for future in futures:
+        with pytest.raises(ModelLoadError):
+            future.result(timeout=10)
+
+
+def test_lanes_must_be_positive() -> None:
+    from attribsdk.errors import ConfigError
+
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="lanes"):
+            tiny_local_model(lanes=bad)  # type: ignore[arg-type]

@@ -1,0 +1,100 @@
+"""The model handle's shared/exclusive forward lock."""
+
+from __future__ import annotations
+
+import threading
+
+from attribsdk.scoring._rwlock import ForwardLock
+
+
+def _wait_until(cond: object, timeout: float = 5.0) -> bool:
+    ev = threading.Event()
+    for _ in range(int(timeout / 0.005)):
+        if cond():  # type: ignore[operator]
+            return True
+        ev.wait(0.005)
+    return False
+
+
+def test_shared_holders_overlap_and_exclusive_waits_for_them() -> None:
+    lock = ForwardLock()
+    inside = threading.Semaphore(0)
+    release = threading.Event()
+    log: list[str] = []
+
+    def reader(name: str) -> None:
+        with lock.shared():
+            log.append(f"{name} in")
+            inside.release()
+            release.wait(5)
+            log.append(f"{name} out")
+
+    readers = [threading.Thread(target=reader, args=(f"r{i}",)) for i in range(2)]
+    for t in readers:
+        t.start()
+    assert inside.acquire(timeout=5) and inside.acquire(timeout=5)  # both inside at once
+    writer_in = threading.Event()
+
+    def writer() -> None:
+        with lock:
+            log.append("w in")
+            writer_in.set()
+
+    w = threading.Thread(target=writer)
+    w.start()
+    assert not writer_in.wait(0.1)  # excluded while readers hold it
+    release.set()
+    assert writer_in.wait(5)
+    for t in [*readers, w]:
+        t.join()
+    assert log.index("w in") > max(log.index("r0 out"), log.index("r1 out"))
+    assert not lock.locked()
+
+
+def test_waiting_writer_blocks_new_readers() -> None:
+    lock = ForwardLock()
+    first_in, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def reader(name: str, hold: bool) -> None:
+        with lock.shared():
+            order.append(name)
+            if hold:
+                first_in.set()
+                release.wait(5)
+
+    def writer() -> None:
+        with lock:
+            order.append("writer")
+
+    r1 = threading.Thread(target=reader, args=("r1", True))
+    r1.start()
+    assert first_in.wait(5)
+    w = threading.Thread(target=writer)
+    w.start()
+    assert _wait_until(lambda: lock._waiting_writers == 1)
+    r2 = threading.Thread(target=reader, args=("r2", False))
+    r2.start()
+    threading.Event().wait(0.05)
+    assert order == ["r1"]  # r2 queued behind the waiting writer
+    release.set()
+    for t in (r1, w, r2):
+        t.join(5)
+    assert order == ["r1", "writer", "r2"]
+
+
+def test_exclusive_is_exclusive() -> None:
+    lock = ForwardLock()
+    with lock:
+        assert lock.locked()
+        got = threading.Event()
+
+        def other() -> None:
+            with lock:
+                got.set()
+
+        t = threading.Thread(target=other)
+        t.start()
+        assert not got.wait(0.1)
+    assert got.wait(5)
+    t.join()
