@@ -165,7 +165,7 @@ async def acompare(
     ``progress`` shows one bar of finished explanations (methods × examples) on stderr
     (``None``: when stderr is a terminal).
     """
-    from .explainer import Explainer
+    from .explainer import Explainer, placement_applies
 
     out = Path(out_dir)
     if examples is None:
@@ -205,8 +205,9 @@ async def acompare(
                 closed=config.closed,
                 surrogate=surrogate_spec,
                 method=name,
-                device=config.device,
-                dtype=config.dtype,
+                # A ready scorer (a Ray pool) was placed when it was built.
+                device=config.device if placement_applies(config.closed, surrogate_spec) else "auto",
+                dtype=config.dtype if placement_applies(config.closed, surrogate_spec) else "auto",
                 seed=config.seed,
                 params=params,
                 store=store,

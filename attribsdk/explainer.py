@@ -44,6 +44,14 @@ DEFAULT_PARAMS = GenerationParams(max_tokens=64, temperature=0.0)
 T = TypeVar("T")
 
 
+def placement_applies(closed: str | ClosedModel, surrogate: str | Scorer) -> bool:
+    """Whether an explainer built from ``closed`` and ``surrogate`` loads a model by name, so that
+    its ``device``/``dtype`` take effect (a surrogate name, or a ``"local:"`` closed model)."""
+    return isinstance(surrogate, str) or (
+        isinstance(closed, str) and parse_model_string(closed)[0] == "local"
+    )
+
+
 class Explainer:
     """Explains closed-model answers.
 
@@ -114,15 +122,13 @@ class Explainer:
         self.ray_actors = ray_actors
         self._ray: RayScorer | None = None
         self.method = make_method(method)
-        if not isinstance(surrogate, str) and (device, dtype) != ("auto", "auto"):
-            closed_is_local = isinstance(closed, str) and parse_model_string(closed)[0] == "local"
-            if not closed_is_local:
-                raise ConfigError(
-                    f"device={device!r}/dtype={dtype!r} would be ignored: the surrogate was given as a "
-                    f"ready {type(surrogate).__name__} (already placed) and the closed model is not a "
-                    "'local:' model; load the scorer with the device and dtype you want, or pass the "
-                    "surrogate by name"
-                )
+        if (device, dtype) != ("auto", "auto") and not placement_applies(closed, surrogate):
+            raise ConfigError(
+                f"device={device!r}/dtype={dtype!r} would be ignored: the surrogate was given as a "
+                f"ready {type(surrogate).__name__} (already placed) and the closed model is not a "
+                "'local:' model; load the scorer with the device and dtype you want, or pass the "
+                "surrogate by name"
+            )
         self.device = device
         self.dtype = dtype
         self.seed = seed

@@ -508,7 +508,7 @@ async def arun_benchmark(
     errors: list[dict[str, Any]] = []
     bar = _progress_bar(n_pending, progress)
 
-    from ..explainer import Explainer
+    from ..explainer import Explainer, placement_applies
     from ..scoring.models import ModelStore
 
     store = ModelStore()
@@ -521,8 +521,9 @@ async def arun_benchmark(
                     Explainer(
                         closed=closed_spec,
                         surrogate=spec,
-                        device=config.device,
-                        dtype=config.dtype,
+                        # A ready scorer (a Ray pool) was placed when it was built.
+                        device=config.device if placement_applies(closed_spec, spec) else "auto",
+                        dtype=config.dtype if placement_applies(closed_spec, spec) else "auto",
                         store=store,
                         params=params,
                     )

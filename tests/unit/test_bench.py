@@ -27,6 +27,7 @@ from attribsdk.eval.datasets import load_hotpotqa, load_jsonl
 from attribsdk.eval.faithfulness import FaithfulnessConfig
 from attribsdk.eval.reference import ReferencePoint, ReferenceTable, load_reference
 from attribsdk.eval.report import load_rows, with_groups, write_report
+from attribsdk.explainer import placement_applies
 from tests.tiny_models import tiny_local_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::attribsdk.cost.UnknownPriceWarning")
@@ -329,3 +330,21 @@ def test_cli_run_and_report(tmp_path: Path) -> None:
         ],
     )
     assert bad.exit_code == 2 and "key=value" in bad.output
+
+
+def test_a_ready_scorer_keeps_its_placement_under_device_options(tiny: Any, tmp_path: Path) -> None:
+    # A ready scorer (as the CLI builds for --ray-address) was placed when it was built: the run's
+    # device/dtype reach only models loaded by name, and do not make the explainer refuse it.
+    examples = list(load_hotpotqa(HOTPOT))[:1]
+    cfg = _config(methods=(parse_method_specs(["rope-lime-loo"])[0],), device="cpu", dtype="float32")
+    result = run_benchmark(
+        cfg,
+        tmp_path / "r",
+        closed=TestModel("Paris."),
+        surrogates={"tiny": tiny},
+        examples=examples,
+        report=False,
+    )
+    assert result.computed == 1 and not result.errors
+    assert placement_applies("local:smollm2", tiny) and placement_applies(TestModel("x"), "smollm2")
+    assert not placement_applies(TestModel("x"), tiny) and not placement_applies("openai:gpt-4o", tiny)
