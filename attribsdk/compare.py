@@ -191,7 +191,10 @@ async def acompare(
 
     store = None
     surrogate_spec: str | Scorer = surrogate if surrogate is not None else config.surrogate
-    if isinstance(surrogate_spec, str) or config.closed.startswith("local:"):
+    # Loads a model by name (so device/dtype apply, and a store shares it between methods)? A ready
+    # scorer (a Ray pool) was placed when it was built.
+    loads_by_name = placement_applies(config.closed, surrogate_spec)
+    if loads_by_name:
         from .scoring.models import ModelStore
 
         store = ModelStore()
@@ -205,9 +208,8 @@ async def acompare(
                 closed=config.closed,
                 surrogate=surrogate_spec,
                 method=name,
-                # A ready scorer (a Ray pool) was placed when it was built.
-                device=config.device if placement_applies(config.closed, surrogate_spec) else "auto",
-                dtype=config.dtype if placement_applies(config.closed, surrogate_spec) else "auto",
+                device=config.device if loads_by_name else "auto",
+                dtype=config.dtype if loads_by_name else "auto",
                 seed=config.seed,
                 params=params,
                 store=store,

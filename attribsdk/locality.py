@@ -292,6 +292,14 @@ class RWMDKernel(_KernelBase):
         distances = np.zeros(n)
         for i in range(1, n):
             distances[i] = rwmd(polar_cost_matrix(reference, kept(i), self.beta))
+        return self.from_distances(distances)
+
+    def from_distances(self, distances: np.ndarray) -> LocalityResult:
+        """Weights for per-row distances already computed (row 0 first, at distance 0): an infinite
+        distance becomes the largest finite one, then the bandwidth and ``exp(−d²/σ²)`` as in
+        :meth:`weights`. Refitting a subset of an explanation's rows uses it on their stored
+        distances."""
+        distances = np.array(distances, dtype=np.float64)
         rest = distances[1:]
         finite = rest[np.isfinite(rest)]
         rest[~np.isfinite(rest)] = finite.max() if finite.size else 1.0

@@ -32,7 +32,8 @@ from _common import BUCKET_ORDER, stratified, write_json
 from attribsdk import Explainer, RopeLime
 from attribsdk.eval.datasets import load_hotpotqa
 from attribsdk.eval.metrics import auroc, iou_at_k
-from attribsdk.regression import make_solver, normalize_attributions
+from attribsdk.locality import RWMDKernel
+from attribsdk.regression import normalize_attributions
 from attribsdk.sampling import SparseK
 
 K_RULES = ["sqrt", "2sqrt", "4sqrt"]
@@ -57,12 +58,12 @@ def settings(sweep: str, n_layers: int) -> dict[str, dict[str, Any]]:
 
 
 def _refit(masks: np.ndarray, targets: np.ndarray, distances: np.ndarray) -> np.ndarray:
-    """RoPE-LIME's fit on a subset of rows: RWMD weights exp(-d²/σ²), σ = median positive distance
-    of those rows (as attribsdk.locality does), then weighted least squares."""
-    positive = distances[1:][distances[1:] > 0]
-    sigma = float(np.median(positive)) if positive.size else 1.0
-    weights = np.exp(-((distances / sigma) ** 2))
-    fit = make_solver("wls").fit(masks.astype(np.float64), -targets, weights)
+    """RoPE-LIME's fit on a subset of rows: the default RWMD kernel's weights for those rows'
+    stored distances (bandwidth from those rows), then its weighted least squares."""
+    cfg = RopeLime().cfg
+    assert isinstance(cfg.kernel, RWMDKernel)
+    weights = cfg.kernel.from_distances(distances).weights
+    fit = cfg.solver.fit(masks.astype(np.float64), -targets, weights)
     return normalize_attributions(fit.coef)
 
 

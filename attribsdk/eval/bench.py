@@ -517,13 +517,14 @@ async def arun_benchmark(
             explainers: dict[str, Explainer] = {}
             params = GenerationParams(max_tokens=config.max_answer_tokens, temperature=0.0)
             for name, spec in surrogate_specs.items():
+                # A ready scorer (a Ray pool) was placed when it was built.
+                loads_by_name = placement_applies(closed_spec, spec)
                 explainers[name] = await stack.enter_async_context(
                     Explainer(
                         closed=closed_spec,
                         surrogate=spec,
-                        # A ready scorer (a Ray pool) was placed when it was built.
-                        device=config.device if placement_applies(closed_spec, spec) else "auto",
-                        dtype=config.dtype if placement_applies(closed_spec, spec) else "auto",
+                        device=config.device if loads_by_name else "auto",
+                        dtype=config.dtype if loads_by_name else "auto",
                         store=store,
                         params=params,
                     )

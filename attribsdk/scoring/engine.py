@@ -26,6 +26,7 @@ How the work is laid out (each step measured on the HotpotQA dev data, see bench
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import sys
 import threading
@@ -53,6 +54,7 @@ __all__ = [
     "Job",
     "Scheduler",
     "TokenizedPrompt",
+    "check_lanes",
     "pack_batches",
     "peak_memory",
     "prepare",
@@ -79,6 +81,13 @@ class BatchLimits:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"BatchLimits.{name} must be a positive int, got {value!r}")
+
+
+def check_lanes(lanes: int) -> int:
+    """``lanes`` if it is a positive int (the number of scoring lanes), else :class:`ConfigError`."""
+    if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
+        raise ConfigError(f"lanes must be a positive int, got {lanes!r}")
+    return lanes
 
 
 #: Micro-batches of ~8 sequences / ~2.5k tokens are fastest on a small CPU (activations stay in cache).
@@ -355,7 +364,7 @@ class Scheduler:
 
     def __init__(self, lm: LocalModel, *, lanes: int = 1) -> None:
         self.lm = lm
-        self.lanes = max(1, int(lanes))
+        self.lanes = check_lanes(lanes)
         self.jobs: list[Job] = []
 
     def add(self, job: Job) -> None:
@@ -366,10 +375,10 @@ class Scheduler:
 
     def runnable(self) -> bool:
         """Whether :meth:`take` would return a batch now."""
-        return any(self._candidates(j) for j in self.jobs)
+        return any(self._has_runnable_rows(j) for j in self.jobs)
 
     @staticmethod
-    def _candidates(job: Job) -> bool:
+    def _has_runnable_rows(job: Job) -> bool:
         if job.done or not job.pending:
             return False
         return job.ref_done or (0 in job.pending)
@@ -378,7 +387,6 @@ class Scheduler:
         """The next micro-batch and whether it is a batch of references (``keep_cache``); its rows
         leave ``pending``. ``None`` when nothing can run now (no rows, or only rows waiting for a
         reference that another lane is computing)."""
-        self.jobs = [j for j in self.jobs if not (j.done and not j.inflight)]
         live = [j for j in self.jobs if not j.done]
         limits = self.lm.batch_limits
         fresh = [j for j in live if 0 in j.pending]
@@ -392,20 +400,12 @@ class Scheduler:
                 return None
             if self.lanes > 1:
                 share = -(-len(items) // self.lanes)  # ceil: every lane gets a part
-                limits = BatchLimits(
-                    max_sequences=max(1, min(limits.max_sequences, share)),
-                    max_tokens=limits.max_tokens,
-                    max_logit_elements=limits.max_logit_elements,
-                )
+                limits = dataclasses.replace(limits, max_sequences=min(limits.max_sequences, share))
         batch = items[: len(pack_batches([j.suffix_len(r) for j, r in items], limits)[0])]
         for job, r in batch:
             job.pending.remove(r)
             job.inflight += 1
         return batch, keep_cache
-
-    def run(self, items: list[Item], *, keep_cache: bool) -> None:
-        """Run one micro-batch (no scheduler state is touched: call without the scheduler lock)."""
-        self._run(items, keep_cache=keep_cache)
 
     def complete(self, items: list[Item], *, keep_cache: bool) -> list[Job]:
         """Account for a batch :meth:`run` finished; returns the jobs that finished (result or error)
@@ -416,13 +416,13 @@ class Scheduler:
                 job.ref_done = True
         finished: list[Job] = []
         for job in {id(j): j for j, _ in items}.values():
-            if job.error is not None:
-                job.pending.clear()
             if job.reported:
                 continue
-            if job.error is None and (job.pending or job.inflight):
+            if job.error is not None:
+                job.pending.clear()  # a failed job runs no more rows; report it now
+            elif job.pending or job.inflight:
                 continue
-            if job.error is None:
+            else:
                 try:
                     _finish(self.lm, job)
                 except Exception as exc:  # decoding the answer tokens cannot fail for a live model
@@ -442,11 +442,14 @@ class Scheduler:
         return self.complete(items, keep_cache=keep_cache)
 
     def run_until_done(self) -> None:
-        while self.jobs:
-            if not self.step() and not self.runnable() and not any(j.inflight for j in self.jobs):
-                break
+        """Run every job to completion in this thread."""
+        while self.runnable():
+            self.step()
 
-    def _run(self, items: list[Item], *, keep_cache: bool) -> None:
+    def run(self, items: list[Item], *, keep_cache: bool) -> None:
+        """Run one micro-batch taken by :meth:`take` and store its rows' results in their jobs; a
+        batch out of memory is split in halves and retried. Touches no scheduler state, so lanes
+        call it without the scheduler's lock."""
         lm = self.lm
         try:
             with torch.inference_mode():
@@ -464,8 +467,8 @@ class Scheduler:
                 for job in {id(j): j for j, _ in items}.values():
                     job.splits += 1
             half = len(items) // 2
-            self._run(items[:half], keep_cache=keep_cache)
-            self._run(items[half:], keep_cache=keep_cache)
+            self.run(items[:half], keep_cache=keep_cache)
+            self.run(items[half:], keep_cache=keep_cache)
         except AttribError as exc:
             for job, _ in items:
                 job.error = exc

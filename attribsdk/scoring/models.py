@@ -37,7 +37,7 @@ from ..errors import ConfigError, ContextWindowError, ModelLoadError, ModelNotFo
 from ._rwlock import ForwardLock
 from .base import RotaryPairing, ScoreResult, ScoringRequest
 from .capture import enable_capture
-from .engine import ACCELERATOR_BATCH_LIMITS, CPU_BATCH_LIMITS, BatchLimits
+from .engine import ACCELERATOR_BATCH_LIMITS, CPU_BATCH_LIMITS, BatchLimits, check_lanes
 from .queue import ScoringQueue
 from .templates import RenderedChat, render_chat
 
@@ -181,8 +181,8 @@ class LocalModel:
         reuse_prefix: bool = True,
         lanes: int | None = None,
     ) -> None:
-        if lanes is not None and (isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1):
-            raise ConfigError(f"lanes must be a positive int or None, got {lanes!r}")
+        if lanes is not None:
+            check_lanes(lanes)  # now, not when the queue starts
         if not getattr(tokenizer, "is_fast", False):
             raise ModelLoadError(
                 f"{name}: a fast (Rust) tokenizer is required for character offsets, "

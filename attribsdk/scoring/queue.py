@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import AttribError, ConfigError, ModelLoadError, ScoringError
+from ..errors import AttribError, ModelLoadError, ScoringError
 from .base import ScoreResult, ScoringRequest
 from .engine import Job, Scheduler, prepare
 
@@ -58,8 +58,7 @@ class ScoringQueue:
     """
 
     def __init__(self, lm: LocalModel, *, reuse_prefix: bool = True, lanes: int = 1) -> None:
-        if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
-            raise ConfigError(f"lanes must be a positive int, got {lanes!r}")
+        self._scheduler = Scheduler(lm, lanes=lanes)  # validates lanes
         self._lm = lm
         self.reuse_prefix = reuse_prefix
         self.lanes = lanes
@@ -67,7 +66,6 @@ class ScoringQueue:
         self._cond = threading.Condition()
         self._incoming: list[tuple[Job, Future[ScoreResult]]] = []
         self._futures: dict[int, Future[ScoreResult]] = {}
-        self._scheduler = Scheduler(lm, lanes=lanes)
         self._closed = False
         self._busy = 0
         self._threads: list[threading.Thread] = []

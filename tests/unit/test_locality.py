@@ -268,6 +268,25 @@ def test_rwmd_kernel_replaces_infinite_distance_by_largest_finite() -> None:
     assert result.sigma == 2.0
 
 
+def test_rwmd_kernel_from_distances_matches_weights_and_refits_subsets() -> None:
+    rng = np.random.default_rng(6)
+    base = [random_span(rng) for _ in range(4)]
+    masks = np.array([[1, 1, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1], [1, 0, 0, 1], [0, 0, 0, 1]], dtype=bool)
+    spans = spans_for(masks, base, [0.0, 0.0, 0.05, 0.2, 0.6])
+    full = RWMDKernel().weights(masks, spans)
+    again = RWMDKernel().from_distances(full.distances)
+    np.testing.assert_array_equal(again.weights, full.weights)
+    assert again.sigma == full.sigma
+    # A subset of rows gets its own bandwidth: the median of its positive distances.
+    sub = RWMDKernel().from_distances(full.distances[:4])
+    assert sub.sigma == pytest.approx(float(np.median(full.distances[2:4])))
+    np.testing.assert_allclose(sub.weights, np.exp(-(full.distances[:4] ** 2) / sub.sigma**2))
+    # An infinite distance becomes the largest finite one; the input is not modified.
+    raw = np.array([0.0, 0.2, np.inf, 0.4])
+    fixed = RWMDKernel(sigma=2.0).from_distances(raw)
+    assert fixed.distances[2] == 0.4 and np.isinf(raw[2]) and fixed.sigma == 2.0
+
+
 def test_rwmd_kernel_skips_none_spans_of_kept_features() -> None:
     # A kept feature that maps to no token (None) is ignored, not an error.
     rng = np.random.default_rng(9)
