@@ -1,4 +1,5 @@
-"""Pieces shared by the HTTP adapters: credentials, base URLs, error classification, JSON parsing."""
+"""Pieces shared by the HTTP adapters: credentials, base URLs, error classification, JSON parsing,
+and :class:`SDKModel`, the skeleton both official-SDK adapters fill in."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import json
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from ..errors import (
     AdapterError,
@@ -24,10 +25,11 @@ from ..errors import (
     TruncatedOutputError,
 )
 from ._retry import RetryableFailure, RetryPolicy, call_with_retries, is_retryable_status, parse_retry_after
-from .base import Completion
+from .base import Completion, GenerationParams, Message
 
 __all__ = [
     "SDKErrors",
+    "SDKModel",
     "check_base_url",
     "complete_with_retries",
     "parse_json_object",
@@ -231,3 +233,131 @@ def parse_json_object(text: str, *, label: str, provider: str) -> dict[str, Any]
         )
         raise RetryableFailure(error)
     return data
+
+
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+ClientT = TypeVar("ClientT", bound=_Closable)
+RequestT = TypeVar("RequestT")
+
+
+class SDKModel(Generic[ClientT, RequestT]):
+    """The part of an official-SDK adapter that does not depend on the API's shape.
+
+    It validates the common constructor arguments, holds the key as a :class:`SecretStr`, creates the
+    SDK client lazily (its own retries off), runs each call under :func:`complete_with_retries` and
+    closes the client. A subclass sets :attr:`provider` and :attr:`name` and supplies three pieces:
+    :meth:`_new_client`, :meth:`_request` (the per-call request, built and checked once, before
+    anything is sent) and :meth:`_attempt` (one HTTP attempt).
+    """
+
+    model: str
+    base_url: str | None
+    timeout: float
+    retry: RetryPolicy
+    allow_truncated: bool
+
+    def _configure(
+        self,
+        model: str,
+        *,
+        label: Callable[[str], str],
+        example: str,
+        base_url: str | None,
+        api_key: str | SecretStr | None,
+        api_key_env: str | None,
+        key_required: bool,
+        timeout: float,
+        retry: RetryPolicy | None,
+        allow_truncated: bool,
+        http_client: Any,
+    ) -> str:
+        """Validate and store the shared arguments; returns the error label (``label(model)``)."""
+        if not isinstance(model, str) or not model.strip():
+            raise ConfigError(f"{type(self).__name__}: model must be a non-empty string such as {example!r}")
+        self.model = model.strip()
+        where = label(self.model)
+        self.base_url = check_base_url(base_url, label=where) if base_url is not None else None
+        if not (timeout > 0):
+            raise ConfigError(f"{where}: timeout must be > 0 seconds, got {timeout!r}")
+        self.timeout = float(timeout)
+        self.retry = retry or RetryPolicy()
+        self.allow_truncated = allow_truncated
+        self._api_key = resolve_api_key(api_key, api_key_env, required=key_required, label=where)
+        self._http_client = http_client
+        self._sdk: ClientT | None = None
+        return where
+
+    @property
+    def name(self) -> str:
+        """The model string, e.g. ``anthropic:claude-haiku-4-5``."""
+        raise NotImplementedError
+
+    @property
+    def provider(self) -> str:
+        """The provider label carried by errors and cache keys."""
+        raise NotImplementedError
+
+    async def generate(self, messages: list[Message], params: GenerationParams) -> Completion:
+        """One completion; retried per :attr:`retry`; ``Completion.attempts`` counts HTTP attempts."""
+        request = self._request(messages, params)
+
+        async def attempt() -> Completion:
+            return await self._attempt(request, params)
+
+        return await complete_with_retries(
+            attempt,
+            self.retry,
+            label=self.name,
+            provider=self.provider,
+            allow_truncated=self.allow_truncated,
+            max_tokens=params.max_tokens,
+        )
+
+    async def aclose(self) -> None:
+        """Close the SDK client (and the ``http_client`` given to it)."""
+        sdk, self._sdk = self._sdk, None
+        if sdk is not None:
+            await sdk.close()
+
+    # ------------------------------------------------------------------ for subclasses
+    def _client(self) -> ClientT:
+        if self._sdk is None:
+            self._sdk = self._new_client()
+        return self._sdk
+
+    def _new_client(self) -> ClientT:
+        raise NotImplementedError
+
+    def _request(self, messages: list[Message], params: GenerationParams) -> RequestT:
+        raise NotImplementedError
+
+    async def _attempt(self, request: RequestT, params: GenerationParams) -> Completion:
+        raise NotImplementedError
+
+    def _sdk_failure(
+        self, exc: Exception, errors: SDKErrors, *, logprobs_requested: bool = False
+    ) -> AdapterError | RetryableFailure:
+        """:func:`sdk_failure` with this adapter's label, provider, timeout and key."""
+        return sdk_failure(
+            exc,
+            errors,
+            label=self.name,
+            provider=self.provider,
+            timeout=self.timeout,
+            secret=self._api_key,
+            logprobs_requested=logprobs_requested,
+        )
+
+    def _invalid(self, exc: ValidationError) -> RetryableFailure:
+        """A response that does not fit the expected schema: retryable, the first problems named."""
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        return RetryableFailure(
+            InvalidResponseError(
+                f"{self.name}: unexpected response shape ({problems})", provider=self.provider
+            )
+        )

@@ -14,20 +14,15 @@ import anthropic
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from ..errors import (
-    ConfigError,
     InputError,
-    InvalidResponseError,
     LogprobsUnavailableError,
 )
 from ._common import (
     SDKErrors,
-    check_base_url,
-    complete_with_retries,
+    SDKModel,
     parse_json_object,
-    resolve_api_key,
-    sdk_failure,
 )
-from ._retry import RetryableFailure, RetryPolicy
+from ._retry import RetryPolicy
 from .base import Completion, GenerationParams, Message, Usage
 
 __all__ = ["AnthropicModel"]
@@ -75,7 +70,7 @@ class _MessageResponse(_Lenient):
     usage: _Usage
 
 
-class AnthropicModel:
+class AnthropicModel(SDKModel[anthropic.AsyncAnthropic, dict[str, Any]]):
     """A Claude model behind the Anthropic Messages API.
 
     Args:
@@ -106,19 +101,19 @@ class AnthropicModel:
         allow_truncated: bool = False,
         http_client: Any = None,
     ) -> None:
-        if not isinstance(model, str) or not model.strip():
-            raise ConfigError("AnthropicModel: model must be a non-empty string such as 'claude-haiku-4-5'")
-        self.model = model.strip()
-        label = f"anthropic:{self.model}"
-        self.base_url = check_base_url(base_url, label=label) if base_url is not None else None
-        if not (timeout > 0):
-            raise ConfigError(f"{label}: timeout must be > 0 seconds, got {timeout!r}")
-        self.timeout = float(timeout)
-        self.retry = retry or RetryPolicy()
-        self.allow_truncated = allow_truncated
-        self._api_key = resolve_api_key(api_key, api_key_env, required=True, label=label)
-        self._http_client = http_client
-        self._sdk: anthropic.AsyncAnthropic | None = None
+        self._configure(
+            model,
+            label=lambda m: f"anthropic:{m}",
+            example="claude-haiku-4-5",
+            base_url=base_url,
+            api_key=api_key,
+            api_key_env=api_key_env,
+            key_required=True,
+            timeout=timeout,
+            retry=retry,
+            allow_truncated=allow_truncated,
+            http_client=http_client,
+        )
 
     @property
     def name(self) -> str:
@@ -132,8 +127,18 @@ class AnthropicModel:
         """The final request (``extra_body`` merged in) as JSON-able data, for cache keys."""
         return {"provider": self.provider, "endpoint": "messages", "body": self._body(messages, params)}
 
-    async def generate(self, messages: list[Message], params: GenerationParams) -> Completion:
-        """One completion; retried per :attr:`retry`; ``Completion.attempts`` counts HTTP attempts."""
+    # ------------------------------------------------------------------ internals
+    def _new_client(self) -> anthropic.AsyncAnthropic:
+        assert self._api_key is not None
+        return anthropic.AsyncAnthropic(
+            api_key=self._api_key.get_secret_value(),
+            base_url=self.base_url,
+            max_retries=0,
+            timeout=self.timeout,
+            http_client=self._http_client,
+        )
+
+    def _request(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
         if params.logprobs:
             raise LogprobsUnavailableError(
                 f"{self.name}: Anthropic models do not return token log-probabilities; "
@@ -143,37 +148,7 @@ class AnthropicModel:
         body = self._body(messages, params)
         kwargs = {k: v for k, v in body.items() if k not in _SAMPLING_KEYS}
         kwargs["extra_body"] = {k: body[k] for k in _SAMPLING_KEYS if k in body}
-
-        async def attempt() -> Completion:
-            return await self._attempt(kwargs)
-
-        return await complete_with_retries(
-            attempt,
-            self.retry,
-            label=self.name,
-            provider=self.provider,
-            allow_truncated=self.allow_truncated,
-            max_tokens=params.max_tokens,
-        )
-
-    async def aclose(self) -> None:
-        """Close the SDK client (and the ``http_client`` given to it)."""
-        sdk, self._sdk = self._sdk, None
-        if sdk is not None:
-            await sdk.close()
-
-    # ------------------------------------------------------------------ internals
-    def _client(self) -> anthropic.AsyncAnthropic:
-        if self._sdk is None:
-            assert self._api_key is not None
-            self._sdk = anthropic.AsyncAnthropic(
-                api_key=self._api_key.get_secret_value(),
-                base_url=self.base_url,
-                max_retries=0,
-                timeout=self.timeout,
-                http_client=self._http_client,
-            )
-        return self._sdk
+        return kwargs
 
     def _body(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
         system = "\n\n".join(m.content for m in messages if m.role == "system")
@@ -190,32 +165,18 @@ class AnthropicModel:
             body["top_p"] = params.top_p
         return body
 
-    async def _attempt(self, kwargs: dict[str, Any]) -> Completion:
+    async def _attempt(self, request: dict[str, Any], params: GenerationParams) -> Completion:
         client = self._client()
         try:
-            raw = await client.messages.with_raw_response.create(**kwargs)
+            raw = await client.messages.with_raw_response.create(**request)
             text = (await raw.read()).decode("utf-8", errors="replace")
         except anthropic.AnthropicError as exc:
-            raise sdk_failure(
-                exc,
-                _SDK_ERRORS,
-                label=self.name,
-                provider=self.provider,
-                timeout=self.timeout,
-                secret=self._api_key,
-            ) from exc
+            raise self._sdk_failure(exc, _SDK_ERRORS) from exc
         data = parse_json_object(text, label=self.name, provider=self.provider)
         try:
             parsed = _MessageResponse.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]
-            )
-            raise RetryableFailure(
-                InvalidResponseError(
-                    f"{self.name}: unexpected response shape ({problems})", provider=self.provider
-                )
-            ) from None
+            raise self._invalid(exc) from None
         u = parsed.usage
         cache_read = u.cache_read_input_tokens or 0
         cache_write = u.cache_creation_input_tokens or 0

@@ -23,18 +23,14 @@ from ..errors import (
     AdapterError,
     ConfigError,
     InputError,
-    InvalidResponseError,
     LogprobsUnavailableError,
 )
 from ._common import (
     SDKErrors,
-    check_base_url,
-    complete_with_retries,
+    SDKModel,
     parse_json_object,
-    resolve_api_key,
-    sdk_failure,
 )
-from ._retry import RetryableFailure, RetryPolicy
+from ._retry import RetryPolicy
 from .base import Completion, GenerationParams, Message, TokenLogprob, Usage
 
 __all__ = ["RESPONSES_ONLY_PREFIXES", "OpenAIModel"]
@@ -168,7 +164,7 @@ def _chat_finish_reason(reason: str | None, refused: bool) -> str | None:
     return "refusal" if refused else reason
 
 
-class OpenAIModel:
+class OpenAIModel(SDKModel[openai.AsyncOpenAI, dict[str, Any]]):
     """A model behind the OpenAI Chat Completions (or Responses) API.
 
     Args:
@@ -206,31 +202,29 @@ class OpenAIModel:
         allow_truncated: bool = False,
         http_client: Any = None,
     ) -> None:
-        if not isinstance(model, str) or not model.strip():
-            raise ConfigError("OpenAIModel: model must be a non-empty string such as 'gpt-4o-mini'")
-        self.model = model.strip()
         self.compatible = compatible
-        label = f"openai-compatible:{self.model}" if compatible else f"openai:{self.model}"
+        label = self._configure(
+            model,
+            label=lambda m: f"openai-compatible:{m}" if compatible else f"openai:{m}",
+            example="gpt-4o-mini",
+            base_url=base_url,
+            api_key=api_key,
+            api_key_env="OPENAI_API_KEY" if api_key_env is None and not compatible else api_key_env,
+            key_required=not compatible,
+            timeout=timeout,
+            retry=retry,
+            allow_truncated=allow_truncated,
+            http_client=http_client,
+        )
         if compatible and base_url is None:
             raise ConfigError(
                 f"{label}: an OpenAI-compatible model needs base_url (e.g. http://127.0.0.1:8000/v1)"
             )
-        self.base_url = check_base_url(base_url, label=label) if base_url is not None else None
         if api is not None and api not in ("chat", "responses"):
             raise ConfigError(f"{label}: api must be 'chat' or 'responses', got {api!r}")
         self.api: Api = api or (
             "responses" if self.model.lower().startswith(RESPONSES_ONLY_PREFIXES) else "chat"
         )
-        if not (timeout > 0):
-            raise ConfigError(f"{label}: timeout must be > 0 seconds, got {timeout!r}")
-        self.timeout = float(timeout)
-        self.retry = retry or RetryPolicy()
-        self.allow_truncated = allow_truncated
-        if api_key_env is None and not compatible:
-            api_key_env = "OPENAI_API_KEY"
-        self._api_key = resolve_api_key(api_key, api_key_env, required=not compatible, label=label)
-        self._http_client = http_client
-        self._sdk: openai.AsyncOpenAI | None = None
 
     # ------------------------------------------------------------------ construction from strings
     @classmethod
@@ -273,40 +267,19 @@ class OpenAIModel:
             described["base_url"] = self.base_url
         return described
 
-    async def generate(self, messages: list[Message], params: GenerationParams) -> Completion:
-        """One completion; retried per :attr:`retry`; ``Completion.attempts`` counts HTTP attempts."""
-        body = self._body(messages, params)
-
-        async def attempt() -> Completion:
-            return await self._attempt(body, params)
-
-        return await complete_with_retries(
-            attempt,
-            self.retry,
-            label=self.name,
-            provider=self.provider,
-            allow_truncated=self.allow_truncated,
-            max_tokens=params.max_tokens,
+    # ------------------------------------------------------------------ internals
+    def _new_client(self) -> openai.AsyncOpenAI:
+        key = self._api_key
+        return openai.AsyncOpenAI(
+            api_key=key.get_secret_value() if key is not None else _no_key,
+            base_url=self.base_url,
+            max_retries=0,
+            timeout=self.timeout,
+            http_client=self._http_client,
         )
 
-    async def aclose(self) -> None:
-        """Close the SDK client (and the ``http_client`` given to it)."""
-        sdk, self._sdk = self._sdk, None
-        if sdk is not None:
-            await sdk.close()
-
-    # ------------------------------------------------------------------ internals
-    def _client(self) -> openai.AsyncOpenAI:
-        if self._sdk is None:
-            key = self._api_key
-            self._sdk = openai.AsyncOpenAI(
-                api_key=key.get_secret_value() if key is not None else _no_key,
-                base_url=self.base_url,
-                max_retries=0,
-                timeout=self.timeout,
-                http_client=self._http_client,
-            )
-        return self._sdk
+    def _request(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
+        return self._body(messages, params)
 
     def _body(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
         if not messages:
@@ -353,39 +326,21 @@ class OpenAIModel:
             body["top_logprobs"] = params.top_logprobs or 0
         return body
 
-    async def _attempt(self, body: dict[str, Any], params: GenerationParams) -> Completion:
+    async def _attempt(self, request: dict[str, Any], params: GenerationParams) -> Completion:
         client = self._client()
         # Without a key the Authorization header is omitted explicitly (local servers need none).
         extra: dict[str, Any] = {} if self._api_key else {"extra_headers": {"Authorization": openai.omit}}
         try:
             if self.api == "chat":
-                raw = await client.chat.completions.with_raw_response.create(**body, **extra)
+                raw = await client.chat.completions.with_raw_response.create(**request, **extra)
             else:
-                raw = await client.responses.with_raw_response.create(**body, **extra)
+                raw = await client.responses.with_raw_response.create(**request, **extra)
         except openai.OpenAIError as exc:
-            raise sdk_failure(
-                exc,
-                _SDK_ERRORS,
-                label=self.name,
-                provider=self.provider,
-                timeout=self.timeout,
-                secret=self._api_key,
-                logprobs_requested=params.logprobs,
-            ) from exc
+            raise self._sdk_failure(exc, _SDK_ERRORS, logprobs_requested=params.logprobs) from exc
         data = parse_json_object(raw.text, label=self.name, provider=self.provider)
         if self.api == "chat":
             return self._parse_chat(data, params)
         return self._parse_responses(data, params)
-
-    def _invalid(self, exc: ValidationError) -> RetryableFailure:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]
-        )
-        return RetryableFailure(
-            InvalidResponseError(
-                f"{self.name}: unexpected response shape ({problems})", provider=self.provider
-            )
-        )
 
     def _parse_chat(self, data: dict[str, Any], params: GenerationParams) -> Completion:
         try:
