@@ -373,9 +373,15 @@ def json_safe(value: Any) -> Any:
 
 
 def _append(path: Path, record: Mapping[str, Any]) -> None:
+    """Append one record as a line, durably. After a torn last line (a write that was interrupted)
+    the record starts on a new line, so the torn text costs only itself."""
     line = json.dumps(json_safe(record), default=str, allow_nan=False) + "\n"
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(line)
+    with path.open("a+b") as fh:
+        if fh.tell() > 0:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                line = "\n" + line
+        fh.write(line.encode("utf-8"))
         fh.flush()
         os.fsync(fh.fileno())
 

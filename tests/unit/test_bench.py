@@ -16,6 +16,7 @@ from attribsdk.eval.bench import (
     K_RULES,
     BenchConfig,
     MethodSpec,
+    _append,
     parse_method_specs,
     row_key,
     run_benchmark,
@@ -156,6 +157,9 @@ def test_run_writes_rows_shares_answers_and_resumes(tiny: Any, tmp_path: Path) -
         _config(), out, closed=closed, surrogates={"tiny": tiny}, examples=examples, resume=True, report=False
     )
     assert third.computed == 0 and third.skipped == 6 and len(closed.calls) == 3
+    # a row appended after the torn line is kept (it starts a line of its own)
+    _append(out / "rows.jsonl", {**row, "key": "after-torn"})
+    assert [r["key"] for r in load_rows(out)][-1] == "after-torn" and len(load_rows(out)) == 7
     with pytest.raises(ConfigError, match="already holds results"):
         run_benchmark(_config(), out, closed=closed, surrogates={"tiny": tiny}, examples=examples)
 
