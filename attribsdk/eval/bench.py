@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .. import __version__
 from ..adapters.base import ClosedModel, GenerationParams, Message
-from ..errors import AttribError, ConfigError, InputError
+from ..errors import ConfigError, InputError
 from ..methods import Method, make_method
 from ..sampling import CRule, KRule
 from ..views.progress import progress_bar
@@ -402,6 +402,73 @@ class BenchResult:
     report: ReportPaths | None = None
 
 
+#: Settings that change a row's numbers or which rows a table mixes: a directory's rows are
+#: resumed only under the same values (methods, seeds and surrogates may be added).
+RESULT_SETTINGS = (
+    "dataset",
+    "data_path",
+    "dataset_options",
+    "split",
+    "answer_source",
+    "max_answer_tokens",
+    "plausibility_scores",
+    "faithfulness",
+    "faithfulness_scores",
+)
+
+
+def _method_hashes(methods: Sequence[MethodSpec]) -> dict[str, str]:
+    """Label → configuration hash; two labels for one configuration are refused (a row's resume
+    key holds the hash, so the second label's rows would never be computed)."""
+    hashes: dict[str, str] = {}
+    for spec in methods:
+        h = spec.config_hash()
+        twin = next((label for label, other in hashes.items() if other == h), None)
+        if twin is not None:
+            raise ConfigError(
+                f"methods {twin!r} and {spec.label!r} are the same configuration; keep one of them"
+            )
+        hashes[spec.label] = h
+    return hashes
+
+
+def _check_resume(
+    out: Path,
+    config: BenchConfig,
+    closed_name: str,
+    hashes: Mapping[str, str],
+    existing: Sequence[Mapping[str, Any]],
+) -> None:
+    """Refuse to resume a directory whose rows were computed under other settings: resuming would
+    skip work that was never done under these settings, and the report would mix both."""
+    config_path = out / CONFIG_FILE
+    stored: dict[str, Any] = {}
+    if existing and config_path.is_file():
+        try:
+            loaded = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{config_path} cannot be read ({exc}); it describes the stored rows") from exc
+        stored = loaded if isinstance(loaded, dict) else {}
+    now = config.model_dump(mode="json")
+    changed = [
+        f"{name}: {stored[name]!r} -> {now[name]!r}"
+        for name in RESULT_SETTINGS
+        if name in stored and stored[name] != now[name]
+    ]
+    if "closed_name" in stored and stored["closed_name"] != closed_name:
+        changed.append(f"closed: {stored['closed_name']!r} -> {closed_name!r}")
+    for row in existing:
+        label, h = row.get("method"), row.get("method_hash")
+        if label in hashes and h != hashes[str(label)]:
+            changed.append(f"method {label!r}: its stored rows have another configuration")
+            break
+    if changed:
+        raise ConfigError(
+            f"{out} holds rows computed under other settings ({'; '.join(changed)}); resume with "
+            "the settings they were computed with, or pick a new directory"
+        )
+
+
 @dataclass(frozen=True)
 class _Unit:
     surrogate: str
@@ -438,7 +505,10 @@ async def arun_benchmark(
     :class:`~attribsdk.adapters.base.ClosedModel`); ``surrogates`` maps a surrogate's row name to
     a name/path or a ready :class:`~attribsdk.scoring.base.Scorer` (default: each name of
     ``config.surrogates``); ``examples`` replaces loading ``config.dataset`` (selection still
-    applies). An existing ``rows.jsonl`` requires ``resume=True``. ``progress`` shows a rich
+    applies). An existing ``rows.jsonl`` requires ``resume=True``, and is resumed only under the
+    settings its rows were computed with (:data:`RESULT_SETTINGS`, the closed model, each label's
+    method configuration; methods, seeds and surrogates may be added). A failure of one example or
+    row is recorded in ``errors.jsonl`` and the run goes on. ``progress`` shows a rich
     progress bar on stderr (``None``: when stderr is a terminal). ``report`` renders the report at
     the end (with ``reference`` points). ``on_row`` is called with each new row.
     """
@@ -470,13 +540,15 @@ async def arun_benchmark(
     closed_spec: str | ClosedModel = closed if closed is not None else config.closed
     closed_name = closed_spec if isinstance(closed_spec, str) else closed_spec.name
 
+    hashes = _method_hashes(config.methods)
     units = [
-        _Unit(surrogate=s, spec=spec, method=spec.build(), method_hash=spec.config_hash(), seed=seed)
+        _Unit(surrogate=s, spec=spec, method=spec.build(), method_hash=hashes[spec.label], seed=seed)
         for s in surrogate_specs
         for spec in config.methods
         for seed in config.seeds
     ]
     existing = _read_jsonl(rows_path)
+    _check_resume(out, config, closed_name, hashes, existing)
     done = {str(r.get("key")) for r in existing}
     pending = {
         ex.id: [u for u in units if row_key(ex.id, u.method_hash, u.seed, u.surrogate) not in done]
@@ -557,9 +629,10 @@ async def arun_benchmark(
                 if not todo:
                     return
                 async with limiter:
+                    # Any failure of one example or row is recorded and the run goes on.
                     try:
                         answer = await _answer(ex, config, answerer, closed_name, answers, out)
-                    except AttribError as exc:
+                    except Exception as exc:
                         fail(ex, None, exc)
                         bar(len(todo))
                         return
@@ -567,7 +640,7 @@ async def arun_benchmark(
                         try:
                             explainer = explainers[unit.surrogate]
                             row = await _explain_row(ex, unit, answer, explainer, config, closed_name)
-                        except AttribError as exc:
+                        except Exception as exc:
                             fail(ex, unit, exc)
                         else:
                             _append(rows_path, row)

@@ -76,6 +76,14 @@ def test_sparse_k_sweep_is_the_papers_grid() -> None:
     assert a.config_hash() == b.config_hash() != MethodSpec(label="c").config_hash()
 
 
+def test_two_labels_for_one_configuration_are_refused(tmp_path: Path) -> None:
+    specs = parse_method_specs(["rope-lime", "rope-lime:mode=mask"])
+    assert specs[0].config_hash() == specs[1].config_hash()
+    with pytest.raises(ConfigError, match="'rope-lime' and 'rope-lime:mode=mask' are the same configuration"):
+        run_benchmark(_config(methods=tuple(specs)), tmp_path, examples=list(load_hotpotqa(HOTPOT)))
+    assert not (tmp_path / "rows.jsonl").exists()
+
+
 def test_bench_config_validation() -> None:
     spec = MethodSpec(label="rope-lime")
     with pytest.raises(ConfigError, match="at least one method"):
@@ -162,6 +170,34 @@ def test_run_writes_rows_shares_answers_and_resumes(tiny: Any, tmp_path: Path) -
     assert [r["key"] for r in load_rows(out)][-1] == "after-torn" and len(load_rows(out)) == 7
     with pytest.raises(ConfigError, match="already holds results"):
         run_benchmark(_config(), out, closed=closed, surrogates={"tiny": tiny}, examples=examples)
+    # resuming under settings that change the numbers is refused, and nothing is computed
+    other_settings: list[tuple[dict[str, Any], str]] = [
+        ({"plausibility_scores": "coefficients"}, "plausibility_scores"),
+        ({"faithfulness": FaithfulnessConfig(metrics=("topk",))}, "faithfulness"),
+        ({"max_answer_tokens": 32}, "max_answer_tokens"),
+        ({"dataset": "hotpotqa-full"}, "dataset"),
+        ({"methods": (MethodSpec(label="rope-lime", options={"layer": 1}),)}, "method 'rope-lime'"),
+    ]
+    for change, named in other_settings:
+        with pytest.raises(ConfigError, match=f"other settings \\({named}"):
+            run_benchmark(
+                _config(**change),
+                out,
+                closed=closed,
+                surrogates={"tiny": tiny},
+                examples=examples,
+                resume=True,
+            )
+    with pytest.raises(ConfigError, match="closed: 'test:model' -> 'other:model'"):
+        run_benchmark(
+            _config(),
+            out,
+            closed=TestModel(answer="Paris is the capital.", name="other:model"),
+            surrogates={"tiny": tiny},
+            examples=examples,
+            resume=True,
+        )
+    assert len(closed.calls) == 3 and len(load_rows(out)) == 7
 
     # the report: tables, strict JSON, plots
     assert second.report is not None
