@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import hypergeom, rankdata
 
 from ..errors import InputError
 
@@ -41,6 +41,9 @@ def _check(scores: Scores, gold: Sequence[int]) -> tuple[np.ndarray, set[int]]:
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 1 or s.size == 0:
         raise InputError("scores must be a non-empty 1-D sequence")
+    if not np.isfinite(s).all():
+        bad = [int(i) for i in np.flatnonzero(~np.isfinite(s))[:5]]
+        raise InputError(f"scores must be finite; features {bad} are not (nan or inf)")
     g = {int(i) for i in gold}
     if any(i < 0 or i >= s.size for i in g):
         raise InputError(f"gold indices {sorted(g)} out of range for {s.size} features")
@@ -54,26 +57,50 @@ def top_k(scores: Scores, k: int) -> list[int]:
     return order[:k]
 
 
+def _hits_at_k(s: np.ndarray, g: set[int]) -> tuple[int, np.ndarray, np.ndarray]:
+    """Gold hits among the top-|gold| features when tied scores at the cut-off are picked at random.
+
+    Returns ``(hits above the cut-off, x, P(x))``: ``x`` more gold features come from the block of
+    features tied at the cut-off score, with the hypergeometric probabilities ``P(x)`` of drawing
+    the remaining places uniformly from that block.
+    """
+    k = len(g)
+    cut = np.sort(s)[::-1][k - 1]
+    above = np.flatnonzero(s > cut)
+    block = np.flatnonzero(s == cut)
+    need = k - above.size
+    hits_above = sum(1 for i in above if int(i) in g)
+    gold_in_block = sum(1 for i in block if int(i) in g)
+    x = np.arange(0, need + 1)
+    p = hypergeom.pmf(x, block.size, gold_in_block, need)
+    return hits_above, x, p
+
+
 def iou_at_k(scores: Scores, gold: Sequence[int]) -> float:
-    """IoU between the top-|gold| features and the gold set."""
+    """IoU between the top-|gold| features and the gold set.
+
+    Features tied at the cut-off score are picked uniformly at random, and the IoU is its exact
+    expectation over that choice, so the value never depends on the order of the features (all
+    scores equal gives the chance level)."""
     s, g = _check(scores, gold)
     if not g:
         raise InputError("gold set is empty")
-    pred = set(top_k(s, len(g)))
-    return len(pred & g) / len(pred | g)
+    k = len(g)
+    hits_above, x, p = _hits_at_k(s, g)
+    hits = hits_above + x
+    return float(np.sum(p * hits / (2 * k - hits)))
 
 
 def f1_at_k(scores: Scores, gold: Sequence[int]) -> float:
-    """F1 between the top-|gold| features and the gold set (equals precision@|gold| here)."""
+    """F1 between the top-|gold| features and the gold set (equals precision@|gold| here).
+
+    Ties at the cut-off score are resolved in expectation, as in :func:`iou_at_k`."""
     s, g = _check(scores, gold)
     if not g:
         raise InputError("gold set is empty")
-    pred = set(top_k(s, len(g)))
-    tp = len(pred & g)
-    if tp == 0:
-        return 0.0
-    prec, rec = tp / len(pred), tp / len(g)
-    return 2 * prec * rec / (prec + rec)
+    hits_above, x, p = _hits_at_k(s, g)
+    # |predicted| = |gold| = k, so precision = recall = F1 = hits / k.
+    return float(np.sum(p * (hits_above + x)) / len(g))
 
 
 def auroc(scores: Scores, gold: Sequence[int]) -> float:
@@ -101,8 +128,9 @@ def plausibility(scores: Scores, gold: Sequence[int]) -> dict[str, float]:
 
     Unlike the single functions, an empty gold set gives ``nan`` for every metric instead of an
     error (AUROC is ``nan`` too when every feature is gold), so one odd example never stops a
-    benchmark; aggregation skips ``nan``. Malformed scores or out-of-range indices still raise
-    :class:`~attribsdk.errors.InputError`.
+    benchmark; aggregation skips ``nan``. Malformed or non-finite scores and out-of-range
+    indices still raise :class:`~attribsdk.errors.InputError`. None of the three depends on the
+    order of the features: ties count ½ in AUROC and are resolved in expectation in IoU and F1.
     """
     s, g = _check(scores, gold)
     if not g:

@@ -38,6 +38,22 @@ def test_iou_and_f1_of_top_gold_count() -> None:
     assert iou_at_k(scores, [1, 4]) == 0.0 and f1_at_k(scores, [1, 4]) == 0.0
 
 
+def test_iou_and_f1_resolve_ties_at_the_cut_off_in_expectation() -> None:
+    # gold {0, 1}; feature 0 is above the cut-off, features 1 and 2 tie for the one place left:
+    # half the time the pick is 1 (2 hits: IoU 1, F1 1), half the time 2 (1 hit: IoU 1/3, F1 1/2)
+    scores = [2.0, 1.0, 1.0, 0.0]
+    assert iou_at_k(scores, [0, 1]) == pytest.approx((1 + 1 / 3) / 2)
+    assert f1_at_k(scores, [0, 1]) == pytest.approx((1 + 1 / 2) / 2)
+    # the same scores in another feature order give the same values
+    assert iou_at_k([2.0, 1.0, 1.0, 0.0], [0, 2]) == iou_at_k(scores, [0, 1])
+    # all scores equal: the chance level, E[hits]/k = |gold|/M for F1
+    assert f1_at_k([0.0] * 5, [0, 1]) == pytest.approx(2 / 5)
+    # one gold of four, all tied: a hit (IoU 1) with probability 1/4
+    assert iou_at_k([0.0] * 4, [3]) == pytest.approx(0.25) == iou_at_k([0.0] * 4, [0])
+    # ties below the cut-off change nothing
+    assert iou_at_k([3.0, 2.0, 1.0, 1.0], [0, 1]) == 1.0
+
+
 def test_auroc_counts_pairs_and_half_ties() -> None:
     # gold {0, 1}; negatives {2, 3}. pairs (g > n): 0.9>0.5 ✓, 0.9>0.2 ✓, 0.5=0.5 ½, 0.5>0.2 ✓ -> 3.5/4
     assert auroc([0.9, 0.5, 0.5, 0.2], [0, 1]) == pytest.approx(0.875)
@@ -53,6 +69,10 @@ def test_metrics_reject_bad_input() -> None:
         iou_at_k([0.1, 0.2], [])
     with pytest.raises(InputError):
         auroc([], [0])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for metric in (iou_at_k, f1_at_k, auroc, plausibility):
+            with pytest.raises(InputError, match=r"finite; features \[1\]"):
+                metric([0.1, bad, 0.5], [2])
 
 
 def test_plausibility_bundles_metrics_and_tolerates_empty_gold() -> None:
