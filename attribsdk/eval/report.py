@@ -22,7 +22,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,7 +106,7 @@ def _bucket_key(b: str) -> tuple[int, int, str]:
 def with_groups(rows: Sequence[dict[str, Any]], n_bins: int = 4) -> list[dict[str, Any]]:
     """Copies of ``rows`` with a ``"group"`` label: the paper's bucket of M when a dataset's rows
     span at least two buckets, otherwise (e.g. HotpotQA full context, where every M ≥ 12) up to
-    ``n_bins`` bins of M at its quantiles, labelled ``"lo-hi"``."""
+    ``n_bins`` bins of M at the quantiles of the examples' M, labelled ``"lo-hi"``."""
     out: list[dict[str, Any]] = []
     by_dataset: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
@@ -116,7 +116,10 @@ def with_groups(rows: Sequence[dict[str, Any]], n_bins: int = 4) -> list[dict[st
             out += [{**r, "group": str(r["bucket"])} for r in members]
             continue
         ms = sorted({int(r["m"]) for r in members})
-        qs = [ms[min(len(ms) - 1, round(i * (len(ms) - 1) / n_bins))] for i in range(n_bins + 1)]
+        # Quantiles over the examples (not over distinct values), so bins hold similar counts.
+        per_example = sorted({str(r["id"]): int(r["m"]) for r in members}.values())
+        last = len(per_example) - 1
+        qs = [per_example[min(last, round(i * last / n_bins))] for i in range(n_bins + 1)]
         edges = sorted(set(qs[:-1])) if len(ms) > 1 else ms
         labels: dict[int, str] = {}
         for m in ms:
@@ -133,7 +136,8 @@ def aggregate_rows(
 ) -> list[dict[str, Any]]:
     """One record per (dataset, surrogate, method, bucket) — and bucket ``"all"`` — with the
     :class:`~.metrics.Summary` of each metric and the mean seconds / surrogate sequences per
-    explanation."""
+    explanation. Statistics are over examples: an example's rows for several seeds are averaged
+    first, so ``n`` counts examples whatever the number of seeds."""
     names = list(metrics) if metrics is not None else metric_names(rows)
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
@@ -141,7 +145,8 @@ def aggregate_rows(
             key = (str(r["dataset"]), str(r["surrogate"]), str(r["method"]), bucket)
             groups.setdefault(key, []).append(r)
     out: list[dict[str, Any]] = []
-    for (dataset, surrogate, method, bucket), members in groups.items():
+    for (dataset, surrogate, method, bucket), seeded in groups.items():
+        members = per_example(seeded, names)
         out.append(
             {
                 "dataset": dataset,
@@ -152,6 +157,31 @@ def aggregate_rows(
                 "metrics": {m: summarize(r.get("metrics", {}).get(m) for r in members) for m in names},
                 "seconds": summarize(r.get("seconds") for r in members),
                 "sequences": summarize(r.get("sequences") for r in members),
+            }
+        )
+    return out
+
+
+def _mean_of(values: Iterable[Any]) -> float | None:
+    finite = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return sum(finite) / len(finite) if finite else None
+
+
+def per_example(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> list[dict[str, Any]]:
+    """One record per example id: each metric, ``seconds`` and ``sequences`` averaged over the
+    example's rows (its seeds), ``nan``/missing values left out (``None`` when all are). A single
+    row per example comes back unchanged in value."""
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_id.setdefault(str(r["id"]), []).append(r)
+    out: list[dict[str, Any]] = []
+    for example_id, members in by_id.items():
+        out.append(
+            {
+                "id": example_id,
+                "metrics": {m: _mean_of(r.get("metrics", {}).get(m) for r in members) for m in metrics},
+                "seconds": _mean_of(r.get("seconds") for r in members),
+                "sequences": _mean_of(r.get("sequences") for r in members),
             }
         )
     return out
@@ -168,6 +198,13 @@ def _method_order(rows: Sequence[dict[str, Any]], config: dict[str, Any] | None)
 
 def _fmt(s: Summary, stat: str) -> str:
     return s.mean_std() if stat == "mean" else s.median_iqr()
+
+
+def _cell(s: Summary, stat: str, n: int) -> str:
+    """A table cell; when the metric is undefined for some examples (AUROC where every feature
+    is gold), the number of examples it is over follows in parentheses."""
+    text = _fmt(s, stat)
+    return text if s.n == n else f"{text} (n={s.n})"
 
 
 def markdown_report(
@@ -196,7 +233,9 @@ def markdown_report(
             "",
         ]
     lines += [
-        "Cells are mean ± std over examples (sample std), then median [q1, q3]; `n` counts examples. "
+        "Cells are mean ± std over examples (sample std), then median [q1, q3]; `n` counts examples "
+        "(several seeds of one example are averaged first; `(n=…)` after a cell: the metric is "
+        "undefined for the other examples, e.g. AUROC when every feature is gold). "
         "`s/expl` is wall-clock seconds per explanation, `seq/expl` surrogate sequences per explanation.",
         "",
     ]
@@ -222,7 +261,7 @@ def markdown_report(
                 lines.append("| " + " | ".join(head) + " |")
                 lines.append("|" + "---|" * len(head))
                 for a in sel:
-                    values = [_fmt(a["metrics"][m], stat) for m in cols]
+                    values = [_cell(a["metrics"][m], stat, a["n"]) for m in cols]
                     cells = [a["bucket"], a["method"], str(a["n"]), *values]
                     if timing:
                         cells += [
@@ -281,8 +320,8 @@ def _plot(
         ys: list[float] = []
         es: list[float] = []
         for b in buckets:
-            members = [r for r in sel if r["method"] == method and r["group"] == b]
-            s = summarize(r.get("metrics", {}).get(metric) for r in members)
+            members = per_example([r for r in sel if r["method"] == method and r["group"] == b], [metric])
+            s = summarize(r["metrics"][metric] for r in members)
             if s.n:
                 xs.append(xpos[b] + (j - (n_methods - 1) / 2) * 0.06)
                 ys.append(s.mean)

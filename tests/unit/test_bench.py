@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from attribsdk.eval.cli import app
 from attribsdk.eval.datasets import load_hotpotqa, load_jsonl
 from attribsdk.eval.faithfulness import FaithfulnessConfig
 from attribsdk.eval.reference import ReferencePoint, ReferenceTable, load_reference
-from attribsdk.eval.report import load_rows, with_groups, write_report
+from attribsdk.eval.report import aggregate_rows, load_rows, markdown_report, with_groups, write_report
 from attribsdk.explainer import placement_applies
 from tests.tiny_models import tiny_local_model
 
@@ -276,11 +277,40 @@ def test_report_with_reference_points_and_groups(tiny: Any, tmp_path: Path) -> N
     assert "Published reference points" in md and "Test (2026), Table 2" in md
     assert json.loads(paths.json.read_text())["reference"][0]["value"] == 0.5
     # a dataset whose rows share one bucket is grouped by quantiles of M
-    rows = [{"dataset": "d", "bucket": "12+", "m": m} for m in (13, 20, 30, 60)]
+    rows = [{"dataset": "d", "bucket": "12+", "m": m, "id": str(m)} for m in (13, 20, 30, 60)]
     assert [r["group"] for r in with_groups(rows)] == ["13-19", "20-29", "30-60", "30-60"]
     assert [r["group"] for r in with_groups(rows, n_bins=2)] == ["13-29", "13-29", "30-60", "30-60"]
-    mixed = [{"dataset": "d", "bucket": "2-3", "m": 2}, {"dataset": "d", "bucket": "12+", "m": 14}]
+    # the quantiles are over examples, not distinct values: six examples at M = 13 fill a bin
+    many = [
+        {"dataset": "d", "bucket": "12+", "m": m, "id": f"e{i}"}
+        for i, m in enumerate([13] * 6 + [20, 30, 60])
+    ]
+    assert [r["group"] for r in with_groups(many)] == ["13-19"] * 6 + ["20-60"] * 3
+    mixed = [
+        {"dataset": "d", "bucket": "2-3", "m": 2, "id": "a"},
+        {"dataset": "d", "bucket": "12+", "m": 14, "id": "b"},
+    ]
     assert [r["group"] for r in with_groups(mixed)] == ["2-3", "12+"]
+
+
+def test_seeds_of_one_example_are_averaged_before_the_statistics() -> None:
+    def row(example: str, seed: int, iou: float | None, auroc: float | None) -> dict[str, Any]:
+        return {
+            "dataset": "d", "surrogate": "s", "method": "m", "bucket": "4-5", "m": 4,
+            "id": example, "seed": seed, "metrics": {"iou": iou, "auroc": auroc},
+            "seconds": 2.0 + seed, "sequences": 10,
+        }  # fmt: skip
+
+    rows = [row("a", 0, 0.2, 0.5), row("a", 1, 0.4, None), row("b", 0, 1.0, None), row("b", 1, 0.8, None)]
+    (agg,) = [a for a in aggregate_rows(rows) if a["bucket"] == "all"]
+    assert agg["n"] == 2  # examples, not (example, seed) rows
+    iou = agg["metrics"]["iou"]
+    assert iou.n == 2 and iou.mean == pytest.approx(0.6) and iou.std == pytest.approx(math.sqrt(0.18))
+    auroc = agg["metrics"]["auroc"]
+    assert auroc.n == 1 and auroc.n_missing == 1 and auroc.mean == 0.5
+    assert agg["seconds"].mean == pytest.approx(2.5)
+    md = markdown_report(rows)
+    assert "| all | m | 2 | 0.600 ± 0.424 | 0.500 (n=1) | 2.50 | 10.0 |" in md
 
 
 def test_reference_loader(tmp_path: Path) -> None:
