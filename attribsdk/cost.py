@@ -419,6 +419,13 @@ class CallLedger:
         self._record(record)
         return record
 
+    def record_cancelled(self, model_name: str) -> CallRecord:
+        """Record a call cancelled before its answer came back (no cost known; see
+        :class:`MeteredModel`)."""
+        record = CallRecord(model=model_name, cost_usd=0.0, error="Cancelled")
+        self._record(record)
+        return record
+
     # ------------------------------------------------------------------ budget
     def reserve(self, model_name: str, messages: list[Message], params: GenerationParams) -> _Reservation:
         """Check the budget for one more upstream call and hold its worst-case cost until settled.
@@ -481,7 +488,11 @@ class _LedgerDump(BaseModel):
 
 
 class MeteredModel(ModelWrapper):
-    """Checks the ledger's budget before each call and records every call (answer or failure)."""
+    """Checks the ledger's budget before each call and records every call (answer or failure).
+
+    A call cancelled before its answer came back (another call of a batch failed, a timeout
+    around it) is recorded as a failed call with ``error="Cancelled"`` and no cost: if it had
+    already reached the provider it may have been billed, which no response can tell."""
 
     def __init__(self, inner: ClosedModel, ledger: CallLedger) -> None:
         super().__init__(inner)
@@ -497,6 +508,9 @@ class MeteredModel(ModelWrapper):
                 completion = await self.inner.generate(messages, params)
             except Exception as exc:
                 self.ledger.record_failure(self.name, exc)
+                raise
+            except BaseException:  # cancellation (asyncio and trio alike)
+                self.ledger.record_cancelled(self.name)
                 raise
             self.ledger.record_completion(self.name, completion)
             return completion

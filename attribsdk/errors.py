@@ -39,7 +39,9 @@ class AttribError(Exception):
     """Base class of every error raised by attribsdk.
 
     ``partial`` holds whatever was already computed (or paid for) when the error happened,
-    e.g. ``{"answer": ...}``; it is empty when nothing was.
+    e.g. ``{"completion": ..., "cost": ...}`` (the closed answer and its cost report; other keys:
+    ``"report"``; a failed closed loop's ``"answers"``, ``"masks"`` and ``"answers_received"``);
+    it is empty when nothing was.
     """
 
     def __init__(self, message: str, *, partial: dict[str, Any] | None = None) -> None:

@@ -118,8 +118,11 @@ async def regenerate(
     Returns ``(answers [N], distinct requests made)``. The unmasked prompt's answer is ``answer``
     (never requested again); identical perturbed prompts are requested once. Calls run
     concurrently; the first failure cancels the calls still pending and is raised (an
-    :class:`~attribsdk.errors.AttribError`, with ``partial["answers_received"]``). A truncated
-    answer (:class:`~attribsdk.errors.TruncatedOutputError`) is used as it is.
+    :class:`~attribsdk.errors.AttribError`) with what was already paid for in ``partial``:
+    ``"answers"`` (one entry per row of ``masks``, the answer or ``None`` where none came back),
+    ``"masks"`` (the rows, as lists of 0/1) and ``"answers_received"`` (how many distinct
+    answers came back). A truncated answer (:class:`~attribsdk.errors.TruncatedOutputError`) is
+    used as it is.
     """
     keys = [_key(prompt.render(row).messages) for row in masks]
     results: dict[tuple[tuple[str, str], ...], str] = {_key(prompt.render().messages): answer}
@@ -144,14 +147,18 @@ async def regenerate(
         for key in pending:
             tg.start_soon(one, key, tg.cancel_scope)
     if errors:
-        received = sum(1 for k in pending if k in results)
+        kept = {
+            "answers_received": sum(1 for k in pending if k in results),
+            "answers": [results.get(k) for k in keys],
+            "masks": np.asarray(masks, dtype=np.int8).tolist(),
+        }
         first = errors[0]
         if isinstance(first, AttribError):
-            first.partial.setdefault("answers_received", received)
+            for name, value in kept.items():
+                first.partial.setdefault(name, value)
             raise first
         raise AdapterError(
-            f"closed call for a perturbed prompt failed: {type(first).__name__}: {first}",
-            partial={"answers_received": received},
+            f"closed call for a perturbed prompt failed: {type(first).__name__}: {first}", partial=kept
         ) from first
     return [results[k] for k in keys], len(pending)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import anyio
 import numpy as np
 import ot
 import pytest
 
 from attribsdk import ConfigError, Explainer
 from attribsdk.adapters.base import Completion, GenerationParams, Message
+from attribsdk.adapters.stack import build_closed_model
 from attribsdk.adapters.wrappers import FunctionModel, TestModel
 from attribsdk.cost import Budget, Price, Pricing
 from attribsdk.errors import AdapterError, BudgetExceeded, TruncatedOutputError
@@ -195,7 +197,29 @@ async def test_gsmile_failure_cancels_and_raises_typed_error() -> None:
         await GSmile(word_vectors=hashed_vector).attribute(
             prompt, "ok", MethodParts(closed=FunctionModel(flaky))
         )
-    assert "answers_received" in info.value.partial
+    partial = info.value.partial
+    masks, answers = partial["masks"], partial["answers"]
+    assert len(masks) == len(answers) == GSmile().cfg.n_samples and partial["answers_received"] >= 0
+    # every answer that came back is kept, aligned with its mask row; the others are None
+    assert {a for a in answers} <= {"ok", None} and any(a is not None for a in answers)
+    assert all(set(row) <= {0, 1} for row in masks)
+
+
+async def test_a_failed_closed_loop_keeps_the_cancelled_calls_in_the_ledger() -> None:
+    async def slow_or_failing(messages: list[Message], params: GenerationParams) -> str:
+        if "seine" not in messages[-1].content.lower():
+            raise RuntimeError("boom")
+        await anyio.sleep(5)  # still in flight when the failure cancels the batch
+        return "ok"
+
+    stack = build_closed_model(FunctionModel(slow_or_failing), max_concurrency=64)
+    prompt = build_prompt(QUESTION, features="words")
+    with anyio.fail_after(4), pytest.raises(AdapterError, match="boom"):
+        await GSmile(word_vectors=hashed_vector).attribute(prompt, "ok", MethodParts(closed=stack))
+    report = stack.ledger.report()
+    errors = {r.error for r in stack.ledger.records}
+    assert {"RuntimeError", "Cancelled"} <= errors and None not in errors
+    assert report.failed_calls == len(stack.ledger.records) and report.cost_usd == 0.0
 
 
 async def test_gsmile_budget_stops_the_closed_loop(tiny: Any) -> None:
