@@ -73,7 +73,8 @@ class Explainer:
             (``DiskCache``, ``RedisCache``), a directory, a ``redis://`` / ``rediss://`` /
             ``unix://`` URL (shared by a cluster), ``True`` (``$ATTRIBSDK_CACHE_URL`` if set,
             else the default directory) or ``False``. ``None`` (default): on for
-            HTTP providers (paid calls are made once), off for local models.
+            HTTP providers, named by string or given as a ready adapter (paid calls are made
+            once), off for local models and other ready models.
         budget: a :class:`~attribsdk.cost.Budget` for all closed calls of this explainer.
         pricing: price overrides (:class:`~attribsdk.cost.Pricing`).
         max_concurrency, rpm, tpm: client-side limits on closed calls.
@@ -191,10 +192,13 @@ class Explainer:
             if self._closed is None:
                 spec = self._closed_spec
                 options = dict(self._stack_options)
-                provider = parse_model_string(spec)[0] if isinstance(spec, str) else None
+                if isinstance(spec, str):
+                    provider: str | None = parse_model_string(spec)[0]
+                else:  # a ready adapter says its provider (OpenAIModel, AnthropicModel)
+                    provider = getattr(spec, "provider", None)
                 if options["cache"] is None:
                     options["cache"] = provider in HTTP_PROVIDERS
-                if provider == "local":
+                if provider == "local" and isinstance(spec, str):
                     options.update(store=self._get_store(), device=self.device, dtype=self.dtype)
                 self._closed = build_closed_model(spec, ledger=self.ledger, **options)
             return self._closed

@@ -60,3 +60,26 @@ async def test_second_run_makes_no_upstream_call(
     for f in (tmp_path / "cache").rglob("*"):
         if f.is_file():
             assert SECRET.encode() not in f.read_bytes()
+
+
+async def test_a_ready_http_adapter_is_cached_by_default(
+    server: FakeLLMServer, tiny: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from attribsdk.adapters.openai import OpenAIModel
+    from attribsdk.adapters.wrappers import TestModel
+
+    monkeypatch.delenv("ATTRIBSDK_CACHE_URL", raising=False)
+    monkeypatch.setenv("ATTRIBSDK_CACHE_DIR", str(tmp_path / "default-cache"))
+    pricing = Pricing(overrides={"my-model": Price(input_mtok=1.0, output_mtok=2.0)})
+    counts = []
+    for _ in range(2):
+        adapter = OpenAIModel("my-model", base_url=server.openai_base_url, api_key=SECRET)
+        async with Explainer(closed=adapter, surrogate=tiny, pricing=pricing) as ex:
+            res = await ex.explain("What is the capital of France?", CONTEXT)
+            counts.append((res.counts.closed_calls, res.counts.cache_hits))
+        await adapter.aclose()
+    assert counts == [(1, 0), (0, 1)] and server.calls("/v1/chat/completions") == 1
+    # a ready model that is not an HTTP adapter is not cached unless asked
+    async with Explainer(closed=TestModel("Paris."), surrogate=tiny) as ex:
+        stack = await ex.closed_model()
+        assert stack.cache is None
