@@ -7,12 +7,14 @@ URL; without it, ``$ATTRIBSDK_CACHE_URL`` if set, else the default directory.
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
 
 from .._cli_common import guard
 from . import CacheBackend, CacheStats, is_cache_url, open_cache
+from .backend import CACHE_URL_ENV
 
 __all__ = ["app", "cache_app"]
 
@@ -38,6 +40,8 @@ DebugOption = Annotated[bool, typer.Option(help="Show tracebacks.")]
 
 
 def _open(target: str | None, namespace: str) -> CacheBackend:
+    # Resolve $ATTRIBSDK_CACHE_URL here, so that --namespace applies to it as to a given URL.
+    target = target or os.environ.get(CACHE_URL_ENV) or None
     if is_cache_url(target):
         return open_cache(target, namespace=namespace)
     return open_cache(target)

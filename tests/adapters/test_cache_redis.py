@@ -517,6 +517,13 @@ async def test_cli_stats_and_clear_take_a_url(redis_url: str) -> None:
     assert result.exit_code == 0 and "deleted 3" in result.output
     result = runner.invoke(cache_app, ["stats", "--dir", redis_url, "--namespace", "other"])
     assert "entries:   1" in result.output and "namespace: other" in result.output
+    # with the URL from $ATTRIBSDK_CACHE_URL, --namespace still picks the namespace
+    result = runner.invoke(
+        cache_app, ["clear", "--namespace", "other", "--yes"], env={"ATTRIBSDK_CACHE_URL": redis_url}
+    )
+    assert result.exit_code == 0 and "deleted 1" in result.output, result.output
+    with RedisCache(redis_url, namespace="other") as other:
+        assert other.stats().entries == 0
     down = f"redis://:pw-secret@127.0.0.1:{_free_port()}/0"
     result = runner.invoke(cache_app, ["stats", "--dir", down])
     assert result.exit_code == 2 and "CacheUnavailableError" in result.output
