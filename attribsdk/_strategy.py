@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import ConfigError
 
-__all__ = ["StrategyModel", "build_strategy"]
+__all__ = ["ConfigModel", "build_strategy"]
 
 
 def _describe(owner: str, exc: ValidationError) -> str:
@@ -27,8 +27,9 @@ def _describe(owner: str, exc: ValidationError) -> str:
     return "invalid " + "; ".join(parts)
 
 
-class StrategyModel(BaseModel):
-    """Base of shipped strategies: frozen, unknown keys rejected, bad settings → ConfigError."""
+class ConfigModel(BaseModel):
+    """Base of shipped strategies and run configurations: frozen, unknown keys rejected, bad
+    settings → :class:`~attribsdk.errors.ConfigError` naming the field."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field, field_validator
 
+from ._strategy import ConfigModel
 from .adapters.base import GenerationParams, Usage
 from .cost import Price, Pricing
 from .errors import AttribError, ConfigError
@@ -44,6 +45,7 @@ from .eval.bench import json_safe, select_examples
 from .eval.datasets import LabeledExample, load_dataset
 from .eval.metrics import plausibility
 from .explanation import Explanation
+from .methods import make_method
 from .prompt import Example
 from .views.progress import progress_bar
 
@@ -68,11 +70,10 @@ PLOT_FILE = "compare.png"
 HTML_FILE = "compare.html"
 
 
-class CompareConfig(BaseModel):
+class CompareConfig(ConfigModel):
     """What to compare. ``price_as`` (a model string) prices the calls of ``closed`` as if that
-    model had answered them; ``None`` uses ``closed``'s own price (local models: $0)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model had answered them; ``None`` uses ``closed``'s own price (local models: $0). Every
+    method name is checked here, before anything runs or is paid for (:class:`ConfigError`)."""
 
     dataset: str = "hotpotqa-paper"
     data_path: str | None = None
@@ -87,6 +88,15 @@ class CompareConfig(BaseModel):
     max_tokens: int = Field(default=64, ge=1)
     device: str = "auto"
     dtype: str = "auto"
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"give one or more distinct method names, got {list(value)}")
+        for name in value:
+            make_method(name)  # ConfigError for an unknown name
+        return value
 
 
 class MethodSummary(BaseModel):

@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal, Protocol, TypeAlias, overload, runti
 import numpy as np
 from pydantic import Field, field_validator
 
-from ._strategy import StrategyModel, build_strategy
+from ._strategy import ConfigModel, build_strategy
 from .errors import InputError
 from .scoring.base import RotaryPairing
 
@@ -209,7 +209,7 @@ class Kernel(Protocol):
         ...
 
 
-_KernelBase = StrategyModel
+_KernelBase = ConfigModel
 
 
 def _check_masks(masks: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.linalg
 from pydantic import Field, field_validator
 
-from ._strategy import StrategyModel, build_strategy
+from ._strategy import ConfigModel, build_strategy
 from .errors import InputError
 
 __all__ = [
@@ -62,7 +62,7 @@ class Solver(Protocol):
         ...
 
 
-_SolverBase = StrategyModel
+_SolverBase = ConfigModel
 
 
 def _check_inputs(Z: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

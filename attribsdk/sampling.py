@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal, Protocol, TypeAlias, overload, runti
 import numpy as np
 from pydantic import Field, field_validator
 
-from ._strategy import StrategyModel, build_strategy
+from ._strategy import ConfigModel, build_strategy
 from .errors import ConfigError, InputError
 
 __all__ = [
@@ -93,7 +93,7 @@ class Sampler(Protocol):
 # -- shared config plumbing -------------------------------------------------------------------------
 
 
-_SamplerBase = StrategyModel
+_SamplerBase = ConfigModel
 
 
 def _check_n_features(n_features: int) -> int:

@@ -41,9 +41,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from .. import __version__
+from .._strategy import ConfigModel
 from ..adapters.base import ClosedModel, GenerationParams, Message
 from ..errors import ConfigError, InputError
 from ..methods import Method, make_method
@@ -88,27 +89,10 @@ RUNS_FILE = "runs.jsonl"
 _SAMPLER_KEYS = ("k", "c", "mode", "n_samples")
 
 
-def _config_error(owner: str, exc: ValidationError) -> ConfigError:
-    details = "; ".join(f"{'.'.join(map(str, e['loc'])) or owner}: {e['msg']}" for e in exc.errors())
-    return ConfigError(f"invalid {owner}: {details}")
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    if not TYPE_CHECKING:  # invalid settings raise ConfigError, not pydantic's ValidationError
-
-        def __init__(self, **data: Any) -> None:
-            try:
-                super().__init__(**data)
-            except ValidationError as exc:
-                raise _config_error(type(self).__name__, exc) from exc
-
-
 # -- methods ---------------------------------------------------------------------------------------
 
 
-class MethodSpec(_Model):
+class MethodSpec(ConfigModel):
     """One method configuration of a benchmark: a name for tables (``label``), a registered
     method (``"rope-lime"``, ``"rope-lime-loo"``) and its constructor options (e.g.
     ``{"sampler": {"kind": "sparse_k", "k": "2sqrt", "c": "M"}}``)."""
@@ -231,7 +215,7 @@ def _split_options(text: str) -> list[str]:
 # -- configuration ---------------------------------------------------------------------------------
 
 
-class BenchConfig(_Model):
+class BenchConfig(ConfigModel):
     """Everything that defines a benchmark run (stored in ``config.json``).
 
     Selection: ``dataset`` (a name of :data:`~attribsdk.eval.datasets.DATASETS`) read from

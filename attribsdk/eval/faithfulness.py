@@ -75,12 +75,13 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 from scipy.stats import spearmanr
 
+from .._strategy import ConfigModel
 from ..errors import ConfigError, InputError, ScoringError
 from ..prompt import Prompt
 from ..scoring.base import Scorer, ScoringRequest
@@ -718,7 +719,7 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
 # -- several metrics at once -----------------------------------------------------------------------
 
 
-class FaithfulnessConfig(BaseModel):
+class FaithfulnessConfig(ConfigModel):
     """Which faithfulness metrics :func:`evaluate_faithfulness` computes, and how.
 
     ``metrics`` is a subset of :data:`FAITHFULNESS_METRICS`. Defaults: deletion curves over every
@@ -726,17 +727,6 @@ class FaithfulnessConfig(BaseModel):
     :data:`DEFAULT_PI_GRID`; top-k for k = 1, 3, 5 on ``"logprob"``; 32 LDS masks keeping each
     feature with probability 0.5.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    if not TYPE_CHECKING:  # invalid settings raise ConfigError, not pydantic's ValidationError
-
-        def __init__(self, **data: Any) -> None:
-            try:
-                super().__init__(**data)
-            except ValidationError as exc:
-                details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                raise ConfigError(f"invalid FaithfulnessConfig: {details}") from exc
 
     metrics: tuple[str, ...] = FAITHFULNESS_METRICS
     measure: Measure = "prob"

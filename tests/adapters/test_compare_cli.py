@@ -52,3 +52,19 @@ def test_compare_cli_counts_match_the_server_log(
     assert by_method["gsmile"].closed_calls > by_method["rope-lime"].closed_calls
     assert by_method["gsmile"].cost_usd is not None and by_method["gsmile"].cost_usd > 0
     assert "rope-lime" in result.output and "gsmile" in result.output
+
+
+def test_a_misspelt_method_fails_before_any_call(
+    server: FakeLLMServer, tiny_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    args = [
+        "compare", "--out", str(out), "--dataset", "jsonl", "--data", str(FIXTURES / "user_examples.jsonl"),
+        "--n", "1", "-m", "rope-lime", "-m", "gsmlie",
+        "--closed", f"openai-compatible:my-model@{server.openai_base_url}",
+        "--surrogate", str(tiny_dir), "--split", "all",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "unknown method 'gsmlie'" in result.output and "Traceback" not in result.output
+    assert server.calls() == 0 and not out.exists()
