@@ -17,7 +17,8 @@ from .errors import ConfigError
 __all__ = ["ConfigModel", "build_strategy"]
 
 
-def _describe(owner: str, exc: ValidationError) -> str:
+def describe_invalid(owner: str, exc: ValidationError) -> str:
+    """``"invalid Owner.field: message; ..."`` for a pydantic validation error."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
@@ -39,7 +40,7 @@ class ConfigModel(BaseModel):
             try:
                 super().__init__(**data)
             except ValidationError as exc:
-                raise ConfigError(_describe(type(self).__name__, exc)) from exc
+                raise ConfigError(describe_invalid(type(self).__name__, exc)) from exc
 
 
 def build_strategy(spec: Any, registry: Mapping[str, type[Any]], protocol: type, what: str) -> Any:

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
+from pydantic import ValidationError
 
+from ._strategy import describe_invalid
 from .adapters.base import ClosedModel, Completion, GenerationParams, Message
 from .adapters.registry import parse_model_string
 from .adapters.stack import HTTP_PROVIDERS, ClosedModelStack, build_closed_model
@@ -469,7 +471,10 @@ class Explainer:
 
         Returns one entry per example, in order: an :class:`Explanation` or the
         :class:`~attribsdk.errors.AttribError` that example raised (with ``partial`` results).
-        ``on_result(index, result)`` is called as each example finishes. ``progress`` shows a bar
+        ``on_result(index, result)`` is called as each example finishes; if it raises, the other
+        examples still finish, and a :class:`ConfigError` carrying all the results in
+        ``partial["results"]`` is raised at the end. A malformed example dict is an
+        :class:`~attribsdk.errors.InputError` before anything runs. ``progress`` shows a bar
         of finished examples on stderr (``None``: when stderr is a terminal).
 
         ``engine="ray"`` scores on a pool of Ray actors (``ray_address``, ``ray_actors``: see the
@@ -477,7 +482,12 @@ class Explainer:
         in this process under this explainer's budget, limiter and cache. ``None``: the
         explainer's ``engine``.
         """
-        items = [e if isinstance(e, Example) else Example.model_validate(e) for e in examples]
+        items: list[Example] = []
+        for i, e in enumerate(examples):
+            try:
+                items.append(e if isinstance(e, Example) else Example.model_validate(e))
+            except ValidationError as exc:
+                raise InputError(f"example {i}: {describe_invalid('Example', exc)}") from None
         if concurrency < 1:
             raise ConfigError("concurrency must be ≥ 1")
         if engine not in (None, "local", "ray"):
@@ -504,16 +514,28 @@ class Explainer:
                     res = ScoringError(f"{type(exc).__name__}: {exc}")
                 results[i] = res
                 if on_result is not None:
-                    on_result(i, res)
+                    try:
+                        on_result(i, res)
+                    except Exception as exc:  # the other examples go on; raised at the end
+                        callback_errors.append(exc)
                 bar(1)
 
+        callback_errors: list[Exception] = []
         try:
             async with anyio.create_task_group() as tg:
                 for i, ex in enumerate(items):
                     tg.start_soon(run_one, i, ex)
         finally:
             bar(0, close=True)
-        return [r for r in results if r is not None]
+        done = [r for r in results if r is not None]
+        if callback_errors:
+            first = callback_errors[0]
+            raise ConfigError(
+                f"on_result raised {type(first).__name__}: {first} ({len(callback_errors)} of "
+                f"{len(items)} calls); every example was still explained: see partial['results']",
+                partial={"results": done},
+            ) from first
+        return done
 
     # -- sync wrappers --------------------------------------------------------------------------
     def __enter__(self) -> Explainer:

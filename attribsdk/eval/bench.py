@@ -494,7 +494,9 @@ async def arun_benchmark(
     method configuration; methods, seeds and surrogates may be added). A failure of one example or
     row is recorded in ``errors.jsonl`` and the run goes on. ``progress`` shows a rich
     progress bar on stderr (``None``: when stderr is a terminal). ``report`` renders the report at
-    the end (with ``reference`` points). ``on_row`` is called with each new row.
+    the end (with ``reference`` points). ``on_row`` is called with each new row; if it raises,
+    the run still finishes and a :class:`ConfigError` carrying the :class:`BenchResult` in
+    ``partial["result"]`` is raised at the end.
     """
     out = Path(out_dir)
     rows_path = out / ROWS_FILE
@@ -568,6 +570,7 @@ async def arun_benchmark(
     answers = {(str(a["id"]), str(a["closed"])): str(a["answer"]) for a in _read_jsonl(out / ANSWERS_FILE)}
     new_rows: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
+    callback_errors: list[Exception] = []
     bar = _progress_bar(n_pending, progress)
 
     from ..explainer import Explainer, placement_applies
@@ -630,7 +633,10 @@ async def arun_benchmark(
                             _append(rows_path, row)
                             new_rows.append(row)
                             if on_row is not None:
-                                on_row(row)
+                                try:
+                                    on_row(row)
+                                except Exception as exc:  # the run goes on; raised at the end
+                                    callback_errors.append(exc)
                         bar(1)
 
             async with anyio.create_task_group() as tg:
@@ -647,6 +653,13 @@ async def arun_benchmark(
         from .report import write_report
 
         result.report = write_report(out, reference=reference)
+    if callback_errors:
+        first = callback_errors[0]
+        raise ConfigError(
+            f"on_row raised {type(first).__name__}: {first} ({len(callback_errors)} of "
+            f"{len(new_rows)} rows); every row was still computed and written: see partial['result']",
+            partial={"result": result},
+        ) from first
     return result
 
 

@@ -211,6 +211,23 @@ def test_run_writes_rows_shares_answers_and_resumes(tiny: Any, tmp_path: Path) -
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in second.report.plots)
 
 
+def test_a_raising_on_row_stops_nothing(tiny: Any, tmp_path: Path) -> None:
+    def on_row(row: dict[str, Any]) -> None:
+        raise ValueError("user bug")
+
+    with pytest.raises(ConfigError, match=r"on_row raised ValueError: user bug \(3 of 3 rows\)") as info:
+        run_benchmark(
+            _config(methods=(parse_method_specs(["rope-lime-loo"])[0],)),
+            tmp_path,
+            closed=TestModel("Paris."),
+            surrogates={"tiny": tiny},
+            examples=list(load_hotpotqa(HOTPOT)),
+            on_row=on_row,
+        )
+    result = info.value.partial["result"]
+    assert result.computed == 3 and len(load_rows(tmp_path)) == 3 and result.report is not None
+
+
 def test_run_with_faithfulness_and_reference_answers(tiny: Any, tmp_path: Path) -> None:
     examples = list(load_jsonl(USER))  # u2 has no reference answer
     faith = FaithfulnessConfig(metrics=("abpc", "topk", "lds"), lds_masks=4, topk=(1,))

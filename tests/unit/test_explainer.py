@@ -13,7 +13,7 @@ from attribsdk import ConfigError, Explainer, Explanation, FeatureError, Scoring
 from attribsdk.adapters.local import LocalClosedModel
 from attribsdk.adapters.wrappers import FunctionModel, TestModel
 from attribsdk.cost import Budget
-from attribsdk.errors import BudgetExceeded
+from attribsdk.errors import BudgetExceeded, InputError
 from attribsdk.scoring.base import ScoringRequest
 from tests.tiny_models import tiny_local_model
 
@@ -139,6 +139,23 @@ async def test_explain_many_isolates_failures(tiny: Any) -> None:
     assert isinstance(out[1], FeatureError)
     assert isinstance(out[2], ScoringError) and "upstream exploded" in str(out[2])
     assert sorted(seen) == [0, 1, 2, 3]
+
+
+async def test_a_raising_on_result_loses_no_explanation(tiny: Any) -> None:
+    def callback(i: int, result: Any) -> None:
+        if i == 0:
+            raise KeyError("user bug")
+
+    examples = [{"question": QUESTION, "context": CONTEXT, "answer": a} for a in ("Paris.", "Bonn.", "Rome.")]
+    closed = TestModel("unused")
+    async with Explainer(closed=closed, surrogate=tiny, cache=False) as ex:
+        with pytest.raises(ConfigError, match=r"on_result raised KeyError: 'user bug' \(1 of 3") as info:
+            await ex.explain_many(examples, concurrency=1, on_result=callback)
+    results = info.value.partial["results"]
+    assert [r.answer for r in results] == ["Paris.", "Bonn.", "Rome."]
+    with pytest.raises(InputError, match=r"example 1: invalid Example.question"):
+        async with Explainer(closed=closed, surrogate=tiny, cache=False) as ex:
+            await ex.explain_many([{"question": QUESTION}, {"question": 1}])
 
 
 def test_sync_wrapper(tiny: Any) -> None:
