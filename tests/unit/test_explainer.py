@@ -216,7 +216,7 @@ async def test_explain_many_batches_examples_together_with_identical_results() -
         for answer in ("Paris.", "Paris is the capital of France.", "Berlin.", "The Seine.")
     ]
     async with Explainer(closed=TestModel("unused"), surrogate=lm, cache=False) as ex:
-        alone = [await ex.explain(QUESTION, CONTEXT, answer=e["answer"]) for e in examples]
+        alone = [await ex.explain(QUESTION, CONTEXT, answer=str(e["answer"])) for e in examples]
         assert lm.queue.stats.max_jobs_in_flight == 1
         together = await ex.explain_many(examples, concurrency=4)
     assert lm.queue.stats.max_jobs_in_flight > 1  # rows of several examples shared micro-batches
