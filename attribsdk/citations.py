@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeAlias, TypeVar
 
-import anyio
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ._sync import run_sync
 from .adapters.base import ClosedModel, Message
 from .errors import ConfigError, InputError
 from .explainer import DEFAULT_SURROGATE, Explainer
@@ -680,9 +680,9 @@ async def cite(
 def cite_sync(
     answer: str | None, sources: str | Iterable[Any], *, query: str | None = None, **options: Any
 ) -> Citations:
-    """Blocking :func:`cite` for synchronous code (not from inside a running event loop)."""
-    result: Citations = anyio.run(functools.partial(cite, answer, sources, query=query, **options))
-    return result
+    """Blocking :func:`cite` for synchronous code (also where an event loop already runs, e.g. a
+    notebook)."""
+    return run_sync(functools.partial(cite, answer, sources, query=query, **options))
 
 
 # -- integration -----------------------------------------------------------------------------------

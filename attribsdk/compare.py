@@ -38,6 +38,7 @@ import anyio
 from pydantic import BaseModel, Field, field_validator
 
 from ._strategy import ConfigModel
+from ._sync import run_sync
 from .adapters.base import GenerationParams, Usage
 from .cost import Price, Pricing
 from .errors import AttribError, ConfigError
@@ -319,9 +320,8 @@ def _summarise(
 
 
 def compare(config: CompareConfig, out_dir: str | os.PathLike[str], **kwargs: Any) -> CompareReport:
-    """Blocking :func:`acompare`."""
-    result: CompareReport = anyio.run(lambda: acompare(config, out_dir, **kwargs))
-    return result
+    """Blocking :func:`acompare` (also where an event loop already runs, e.g. a notebook)."""
+    return run_sync(lambda: acompare(config, out_dir, **kwargs))
 
 
 def _fmt(value: float | None, spec: str) -> str:

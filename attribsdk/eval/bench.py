@@ -45,6 +45,7 @@ from pydantic import Field, field_validator
 
 from .. import __version__
 from .._strategy import ConfigModel
+from .._sync import run_sync
 from ..adapters.base import ClosedModel, GenerationParams, Message
 from ..errors import ConfigError, InputError
 from ..methods import Method, make_method
@@ -664,9 +665,8 @@ async def arun_benchmark(
 
 
 def run_benchmark(config: BenchConfig, out_dir: str | os.PathLike[str], **kwargs: Any) -> BenchResult:
-    """Blocking :func:`arun_benchmark` (do not call it from inside a running event loop)."""
-    result: BenchResult = anyio.run(lambda: arun_benchmark(config, out_dir, **kwargs))
-    return result
+    """Blocking :func:`arun_benchmark` (also where an event loop already runs, e.g. a notebook)."""
+    return run_sync(lambda: arun_benchmark(config, out_dir, **kwargs))
 
 
 async def _answer(
