@@ -1,20 +1,22 @@
-"""Shared plumbing for pluggable stage strategies (samplers, kernels, solvers).
+"""Shared plumbing for configuration: pluggable stage strategies (samplers, kernels, solvers),
+run configurations and factory options.
 
 Each shipped strategy is a frozen pydantic model with a ``kind`` discriminator, so configurations
 round-trip through JSON inside results. Invalid settings raise :class:`ConfigError`, not pydantic's
-``ValidationError``.
+``ValidationError``, and so do unknown keyword options (:func:`check_options`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import ConfigError
 
-__all__ = ["ConfigModel", "build_strategy"]
+__all__ = ["ConfigModel", "build_strategy", "check_options", "describe_invalid"]
 
 
 def describe_invalid(owner: str, exc: ValidationError) -> str:
@@ -26,6 +28,25 @@ def describe_invalid(owner: str, exc: ValidationError) -> str:
         msg = str(cause) if isinstance(cause, Exception) else err["msg"]
         parts.append(f"{owner}.{loc}: {msg}" if loc else f"{owner}: {msg}")
     return "invalid " + "; ".join(parts)
+
+
+def check_options(factory: Callable[..., Any], options: Mapping[str, Any], what: str) -> None:
+    """Raise :class:`ConfigError` naming the unknown keyword options for ``factory`` (a class or
+    function) and the ones it takes, instead of letting the call fail with a ``TypeError``."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature: let the call decide
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    known = [p for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    unknown = sorted(set(options) - {p.name for p in known})
+    if unknown:
+        optional = [p.name for p in known if p.kind is p.KEYWORD_ONLY or p.default is not p.empty]
+        raise ConfigError(
+            f"{what}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"it takes {', '.join(optional) or 'no options'}"
+        )
 
 
 class ConfigModel(BaseModel):

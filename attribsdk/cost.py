@@ -24,12 +24,13 @@ from decimal import Decimal
 from typing import Any
 
 import genai_prices
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
+from ._strategy import ConfigModel, describe_invalid
 from .adapters.base import ClosedModel, Completion, GenerationParams, Message, Usage
 from .adapters.registry import parse_model_string
 from .adapters.wrappers import ModelWrapper, worst_case_input_tokens
-from .errors import AttribError, BudgetExceeded, ConfigError
+from .errors import AttribError, BudgetExceeded, ConfigError, InputError
 
 __all__ = [
     "PRICE_SOURCE",
@@ -58,13 +59,11 @@ class UnknownPriceWarning(UserWarning):
     """A model has no known price; its calls are reported with cost ``None``."""
 
 
-class Price(BaseModel):
+class Price(ConfigModel):
     """A user-supplied price in USD per million tokens.
 
     ``cache_read_mtok`` / ``cache_write_mtok`` default to ``input_mtok`` when not given.
     """
-
-    model_config = ConfigDict(frozen=True)
 
     input_mtok: float = Field(ge=0)
     output_mtok: float = Field(ge=0)
@@ -105,7 +104,7 @@ class Pricing:
         for key, value in (overrides or {}).items():
             try:
                 self.overrides[key] = value if isinstance(value, Price) else Price.model_validate(value)
-            except ValidationError as exc:
+            except (ValidationError, ConfigError) as exc:
                 raise ConfigError(f"invalid price override for {key!r}: {exc}") from None
         self._warned: set[str] = set()
 
@@ -183,15 +182,13 @@ class Pricing:
         logger.warning(message)
 
 
-class Budget(BaseModel):
+class Budget(ConfigModel):
     """Spending limits for closed calls: at most ``max_usd`` dollars and ``max_calls`` upstream calls.
 
     Checked before every upstream call (cache hits are free and never refused) with the call's
     worst-case cost; a call that could exceed a limit is not sent and raises
     :class:`~attribsdk.errors.BudgetExceeded`.
     """
-
-    model_config = ConfigDict(frozen=True)
 
     max_usd: float | None = Field(default=None, ge=0)
     max_calls: int | None = Field(default=None, ge=0)
@@ -363,7 +360,11 @@ class CallLedger:
     @classmethod
     def from_json(cls, text: str, *, pricing: Pricing | None = None) -> CallLedger:
         """A ledger holding the calls of :meth:`to_json`'s output (prices are not recomputed)."""
-        dump = _LedgerDump.model_validate_json(text)
+        try:
+            dump = _LedgerDump.model_validate_json(text)
+        except ValidationError as exc:
+            problem = describe_invalid("ledger", exc)
+            raise InputError(f"not a ledger written by CallLedger.to_json: {problem}") from None
         ledger = cls(pricing=pricing, budget=dump.budget)
         for record in dump.records:
             ledger._append(record)

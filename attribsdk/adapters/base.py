@@ -10,6 +10,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .._strategy import ConfigModel
+
 __all__ = ["ClosedModel", "Completion", "GenerationParams", "Message", "TokenLogprob", "Usage"]
 
 Role = Literal["system", "user", "assistant"]
@@ -24,10 +26,8 @@ class Message(BaseModel):
     content: str
 
 
-class GenerationParams(BaseModel):
+class GenerationParams(ConfigModel):
     """Parameters that change a closed model's output. Defaults are deterministic (greedy)."""
-
-    model_config = ConfigDict(frozen=True)
 
     max_tokens: int = Field(default=128, ge=1)
     temperature: float = Field(default=0.0, ge=0.0)

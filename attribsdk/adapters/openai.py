@@ -19,6 +19,7 @@ from typing import Any, Literal
 import openai
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from .._strategy import check_options
 from ..errors import (
     AdapterError,
     ConfigError,
@@ -238,6 +239,7 @@ class OpenAIModel(SDKModel[openai.AsyncOpenAI, dict[str, Any]]):
             )
         if "base_url" in options:
             raise ConfigError("give the base URL either in the model string or as base_url=, not both")
+        check_options(cls, {**options, "base_url": None, "compatible": True}, f"openai-compatible:{spec}")
         return cls(match["model"], base_url=match["url"], compatible=True, **options)
 
     # ------------------------------------------------------------------ ClosedModel

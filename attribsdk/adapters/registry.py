@@ -10,6 +10,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from .._strategy import check_options
 from ..errors import ConfigError
 from .base import ClosedModel
 
@@ -66,4 +67,6 @@ def resolve_closed_model(spec: str | ClosedModel, **options: Any) -> ClosedModel
     if ref is None:
         known = ", ".join(sorted(PROVIDERS))
         raise ConfigError(f"unknown model provider {provider!r} in {spec!r}; known providers: {known}")
-    return _load_factory(ref)(model, **options)
+    factory = _load_factory(ref)
+    check_options(factory, options, f"closed model {spec!r}")
+    return factory(model, **options)

@@ -50,8 +50,9 @@ from typing import Any, Literal
 
 import anyio
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from .._strategy import ConfigModel
 from ..adapters.base import ClosedModel, Completion, GenerationParams, Message
 from ..errors import AdapterError, AttribError, ConfigError, TruncatedOutputError
 from ..explanation import Samples
@@ -75,10 +76,8 @@ def _wv_label(spec: Any) -> str:
     return str(name) if isinstance(name, str) else f"user-{type(spec).__name__}"
 
 
-class GSmileConfig(BaseModel):
+class GSmileConfig(ConfigModel):
     """Full configuration of gSMILE (stored in every Explanation)."""
-
-    model_config = ConfigDict(frozen=True)
 
     n_samples: int = Field(default=64, ge=1)
     p: float = Field(default=0.5, gt=0.0, lt=1.0)
@@ -90,10 +89,8 @@ class GSmileConfig(BaseModel):
     word_vectors: str = "surrogate-input-embeddings"
 
 
-class ClosedLooConfig(BaseModel):
+class ClosedLooConfig(ConfigModel):
     """Full configuration of closed-model leave-one-out."""
-
-    model_config = ConfigDict(frozen=True)
 
     metric: Literal["euclidean", "cosine"] = "euclidean"
     word_vectors: str = "surrogate-input-embeddings"

@@ -9,8 +9,9 @@ from typing import Any
 
 import anyio
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from .._strategy import ConfigModel
 from ..errors import ConfigError
 from ..explanation import Samples
 from ..locality import KernelConfig, make_kernel, polar_pool
@@ -31,10 +32,8 @@ __all__ = ["DEFAULT_LAYER", "RopeLime", "RopeLimeConfig"]
 DEFAULT_LAYER: float = 0.1
 
 
-class RopeLimeConfig(BaseModel):
+class RopeLimeConfig(ConfigModel):
     """Full configuration of RoPE-LIME (stored in every Explanation)."""
-
-    model_config = ConfigDict(frozen=True)
 
     sampler: SamplerConfig = Field(default_factory=lambda: make_sampler("sparse-k"))
     kernel: KernelConfig = Field(default_factory=lambda: make_kernel("rwmd"))
@@ -76,7 +75,12 @@ class RopeLime:
 
     @classmethod
     def from_config(cls, config: RopeLimeConfig | dict[str, Any]) -> RopeLime:
-        cfg = config if isinstance(config, RopeLimeConfig) else RopeLimeConfig.model_validate(config)
+        if isinstance(config, RopeLimeConfig):
+            cfg = config
+        elif isinstance(config, dict):
+            cfg = RopeLimeConfig(**config)
+        else:
+            raise ConfigError(f"config must be a RopeLimeConfig or a dict, got {type(config).__name__}")
         return cls(
             sampler=cfg.sampler,
             kernel=cfg.kernel,

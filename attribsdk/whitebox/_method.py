@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 import anyio
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 
+from .._strategy import ConfigModel
 from ..errors import AttribError, ConfigError, ScoringError
 from ..methods.base import MethodParts, MethodResult
 from ..prompt import Prompt
@@ -22,10 +22,8 @@ from ._core import WhiteboxInput, aggregate, prepare_input
 __all__ = ["WhiteboxConfig", "WhiteboxMethod", "WhiteboxScores"]
 
 
-class WhiteboxConfig(BaseModel):
+class WhiteboxConfig(ConfigModel):
     """Base of every white-box method's configuration (stored in ``Explanation.config``)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 @dataclass
