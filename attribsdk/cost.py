@@ -28,7 +28,6 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ._strategy import ConfigModel, describe_invalid
 from .adapters.base import ClosedModel, Completion, GenerationParams, Message, Usage
-from .adapters.registry import parse_model_string
 from .adapters.wrappers import ModelWrapper, worst_case_input_tokens
 from .errors import AttribError, BudgetExceeded, ConfigError, InputError
 
@@ -119,8 +118,11 @@ class Pricing:
         """USD for one call, or ``None`` (with an :class:`UnknownPriceWarning`, once per model).
 
         ``response_model`` is the versioned name the provider answered with; it is tried first.
+        ``model_name`` is a :attr:`ClosedModel.name <attribsdk.adapters.base.ClosedModel.name>`:
+        ``local:`` models are free; a name without a ``provider:`` prefix (a custom model's) has
+        no known price unless it is overridden.
         """
-        provider, model = parse_model_string(model_name)
+        provider, model = _split_name(model_name)
         override = self._override(model_name, provider, model)
         if override is not None:
             return override.cost(usage)
@@ -133,7 +135,7 @@ class Pricing:
 
     def is_known(self, model_name: str) -> bool:
         """True when :meth:`cost` gives a number for ``model_name`` (no warning is emitted)."""
-        provider, model = parse_model_string(model_name)
+        provider, model = _split_name(model_name)
         if self._override(model_name, provider, model) is not None or provider in FREE_PROVIDERS:
             return True
         return self._genai_prices(provider, model, Usage(input_tokens=1), None) is not None
@@ -180,6 +182,16 @@ class Pricing:
         )
         warnings.warn(message, UnknownPriceWarning, stacklevel=3)
         logger.warning(message)
+
+
+def _split_name(model_name: str) -> tuple[str, str]:
+    """``(provider, model)`` of a model's name; ``("", name)`` without a ``provider:`` prefix.
+
+    Unlike a model string a user types (where a bare name means a local model), a model's
+    *name* always carries its provider when it has one, so a bare name is not assumed free.
+    """
+    provider, sep, model = model_name.partition(":")
+    return (provider, model) if sep and model else ("", model_name)
 
 
 class Budget(ConfigModel):

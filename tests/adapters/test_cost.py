@@ -100,6 +100,19 @@ def test_unknown_model_costs_none_with_one_warning() -> None:
     assert pricing.cost("local:smollm2", Usage(input_tokens=5, output_tokens=5)) == 0.0
 
 
+def test_a_custom_models_bare_name_is_not_priced_as_free() -> None:
+    pricing = Pricing()
+    usage = Usage(input_tokens=5, output_tokens=5)
+    with pytest.warns(UnknownPriceWarning, match="no price known for 'my-gpt4'"):
+        assert pricing.cost("my-gpt4", usage) is None
+    assert not pricing.is_known("my-gpt4") and pricing.is_known("local:smollm2")
+    assert Pricing({"my-gpt4": Price(input_mtok=1e6, output_mtok=0.0)}).cost("my-gpt4", usage) == 5.0
+    # so a dollar budget cannot be enforced for it and says so before any call
+    ledger = CallLedger(pricing=pricing, budget=Budget(max_usd=1.0))
+    with pytest.raises(ConfigError, match="my-gpt4"):
+        ledger.reserve("my-gpt4", [Message(role="user", content="hi")], GenerationParams())
+
+
 def test_price_overrides() -> None:
     pricing = Pricing(
         {
