@@ -4,7 +4,9 @@ and :class:`SDKModel`, the skeleton both official-SDK adapters fill in."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -25,13 +27,16 @@ from ..errors import (
     TruncatedOutputError,
 )
 from ._retry import RetryableFailure, RetryPolicy, call_with_retries, is_retryable_status, parse_retry_after
-from .base import Completion, GenerationParams, Message
+from .base import Completion, GenerationParams, Message, MissingUsageWarning, Usage
+
+logger = logging.getLogger("attribsdk.adapters")
 
 __all__ = [
     "SDKErrors",
     "SDKModel",
     "check_base_url",
     "complete_with_retries",
+    "missing_usage",
     "parse_json_object",
     "redact",
     "resolve_api_key",
@@ -237,6 +242,21 @@ def parse_json_object(text: str, *, label: str, provider: str) -> dict[str, Any]
 
 class _Closable(Protocol):
     async def close(self) -> None: ...
+
+
+_logged_usage: set[str] = set()
+
+
+def missing_usage(label: str) -> Usage:
+    """Zero usage for an answer that carried none, with a :class:`MissingUsageWarning` (logged
+    once per model and process). The answer itself is kept: re-sending a call that was answered (and
+    possibly billed) only because its usage is missing would pay twice."""
+    message = f"{label}: the response carries no token usage; its tokens and cost count as 0"
+    warnings.warn(message, MissingUsageWarning, stacklevel=2)  # the warnings filter dedupes
+    if label not in _logged_usage:
+        _logged_usage.add(label)
+        logger.warning(message)
+    return Usage()
 
 
 ClientT = TypeVar("ClientT", bound=_Closable)

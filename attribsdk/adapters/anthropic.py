@@ -20,6 +20,7 @@ from ..errors import (
 from ._common import (
     SDKErrors,
     SDKModel,
+    missing_usage,
     parse_json_object,
 )
 from ._retry import RetryPolicy
@@ -67,7 +68,7 @@ class _MessageResponse(_Lenient):
     model: str | None = None
     content: list[_Block]
     stop_reason: str | None = None
-    usage: _Usage
+    usage: _Usage | None = None
 
 
 class AnthropicModel(SDKModel[anthropic.AsyncAnthropic, dict[str, Any]]):
@@ -178,15 +179,18 @@ class AnthropicModel(SDKModel[anthropic.AsyncAnthropic, dict[str, Any]]):
         except ValidationError as exc:
             raise self._invalid(exc) from None
         u = parsed.usage
-        cache_read = u.cache_read_input_tokens or 0
-        cache_write = u.cache_creation_input_tokens or 0
-        usage = Usage(
-            # Anthropic counts cached reads and writes outside input_tokens; ours is the total.
-            input_tokens=u.input_tokens + cache_read + cache_write,
-            output_tokens=u.output_tokens,
-            cache_read_tokens=cache_read,
-            cache_write_tokens=cache_write,
-        )
+        if u is None:
+            usage = missing_usage(self.name)
+        else:
+            cache_read = u.cache_read_input_tokens or 0
+            cache_write = u.cache_creation_input_tokens or 0
+            usage = Usage(
+                # Anthropic counts cached reads and writes outside input_tokens; ours is the total.
+                input_tokens=u.input_tokens + cache_read + cache_write,
+                output_tokens=u.output_tokens,
+                cache_read_tokens=cache_read,
+                cache_write_tokens=cache_write,
+            )
         reason = parsed.stop_reason
         return Completion(
             text="".join(b.text or "" for b in parsed.content if b.type == "text"),

@@ -12,7 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .._strategy import ConfigModel
 
-__all__ = ["ClosedModel", "Completion", "GenerationParams", "Message", "TokenLogprob", "Usage"]
+__all__ = [
+    "ClosedModel",
+    "Completion",
+    "GenerationParams",
+    "Message",
+    "MissingUsageWarning",
+    "TokenLogprob",
+    "Usage",
+]
 
 Role = Literal["system", "user", "assistant"]
 
@@ -24,6 +32,10 @@ class Message(BaseModel):
 
     role: Role
     content: str
+
+
+class MissingUsageWarning(UserWarning):
+    """A provider answered without token usage: the call's tokens and cost are counted as 0."""
 
 
 class GenerationParams(ConfigModel):

@@ -29,6 +29,7 @@ from ..errors import (
 from ._common import (
     SDKErrors,
     SDKModel,
+    missing_usage,
     parse_json_object,
 )
 from ._retry import RetryPolicy
@@ -108,7 +109,7 @@ class _ChatUsage(_Lenient):
 class _ChatResponse(_Lenient):
     model: str | None = None
     choices: list[_Choice] = Field(min_length=1)
-    usage: _ChatUsage
+    usage: _ChatUsage | None = None
     system_fingerprint: str | None = None
 
 
@@ -147,7 +148,7 @@ class _ResponsesResponse(_Lenient):
     model: str | None = None
     status: str | None = None
     output: list[_OutputItem]
-    usage: _ResponsesUsage
+    usage: _ResponsesUsage | None = None
     incomplete_details: _IncompleteDetails | None = None
     error: dict[str, Any] | None = None
 
@@ -355,13 +356,19 @@ class OpenAIModel(SDKModel[openai.AsyncOpenAI, dict[str, Any]]):
             choice.message.content if choice.message.content is not None else (choice.message.refusal or "")
         )
         u = parsed.usage
-        usage = Usage(
-            input_tokens=u.prompt_tokens,
-            output_tokens=u.completion_tokens,
-            cache_read_tokens=(u.prompt_tokens_details.cached_tokens or 0) if u.prompt_tokens_details else 0,
-            reasoning_tokens=(
-                (u.completion_tokens_details.reasoning_tokens or 0) if u.completion_tokens_details else 0
-            ),
+        usage = (
+            Usage(
+                input_tokens=u.prompt_tokens,
+                output_tokens=u.completion_tokens,
+                cache_read_tokens=(u.prompt_tokens_details.cached_tokens or 0)
+                if u.prompt_tokens_details
+                else 0,
+                reasoning_tokens=(u.completion_tokens_details.reasoning_tokens or 0)
+                if u.completion_tokens_details
+                else 0,
+            )
+            if u is not None
+            else missing_usage(self.name)
         )
         logprobs = None
         if choice.logprobs is not None and choice.logprobs.content is not None:
@@ -382,9 +389,18 @@ class OpenAIModel(SDKModel[openai.AsyncOpenAI, dict[str, Any]]):
             parsed = _ResponsesResponse.model_validate(data)
         except ValidationError as exc:
             raise self._invalid(exc) from None
+        usage = self._responses_usage(parsed.usage)
         if parsed.status == "failed":
+            # Not retried: the provider may have billed the input. Its usage goes to the ledger.
             detail = (parsed.error or {}).get("message", "no detail")
-            raise AdapterError(f"{self.name}: the response failed: {detail}", provider=self.provider)
+            failed = Completion(
+                text="", usage=usage, model=parsed.model or self.model, finish_reason="failed", raw=data
+            )
+            raise AdapterError(
+                f"{self.name}: the response failed: {detail}",
+                provider=self.provider,
+                partial={"completion": failed},
+            )
         texts: list[str] = []
         tokens: list[_TokenLogprob] = []
         saw_logprobs = False
@@ -407,15 +423,6 @@ class OpenAIModel(SDKModel[openai.AsyncOpenAI, dict[str, Any]]):
         elif parsed.status == "incomplete":
             reason = parsed.incomplete_details.reason if parsed.incomplete_details else None
             finish = "length" if reason == "max_output_tokens" else (reason or "incomplete")
-        u = parsed.usage
-        usage = Usage(
-            input_tokens=u.input_tokens,
-            output_tokens=u.output_tokens,
-            cache_read_tokens=(u.input_tokens_details.cached_tokens or 0) if u.input_tokens_details else 0,
-            reasoning_tokens=(u.output_tokens_details.reasoning_tokens or 0)
-            if u.output_tokens_details
-            else 0,
-        )
         completion = Completion(
             text="".join(texts),
             usage=usage,
@@ -426,6 +433,18 @@ class OpenAIModel(SDKModel[openai.AsyncOpenAI, dict[str, Any]]):
         )
         self._check_logprobs(completion, params)
         return completion
+
+    def _responses_usage(self, u: _ResponsesUsage | None) -> Usage:
+        if u is None:
+            return missing_usage(self.name)
+        return Usage(
+            input_tokens=u.input_tokens,
+            output_tokens=u.output_tokens,
+            cache_read_tokens=(u.input_tokens_details.cached_tokens or 0) if u.input_tokens_details else 0,
+            reasoning_tokens=(u.output_tokens_details.reasoning_tokens or 0)
+            if u.output_tokens_details
+            else 0,
+        )
 
     def _check_logprobs(self, completion: Completion, params: GenerationParams) -> None:
         if params.logprobs and completion.logprobs is None:

@@ -40,6 +40,8 @@ class Fault:
     malformed: bool = False
     #: Answer normally but leave log-probabilities out even when requested.
     no_logprobs: bool = False
+    #: Answer normally but without the "usage" object (some compatible servers do).
+    no_usage: bool = False
 
 
 @dataclass(frozen=True)
@@ -210,14 +212,19 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.malformed:
             self._send(200, '{"id": "broken", "choices": [{"message": ', fault.headers)
             return
-        if self.path == "/v1/chat/completions":
-            self._send(200, self._chat(body, fault))
-        elif self.path == "/v1/responses":
-            self._send(200, self._responses(body, fault))
-        elif self.path == "/v1/messages":
-            self._send(200, self._messages(body))
-        else:
+        routes = {
+            "/v1/chat/completions": lambda: self._chat(body, fault),
+            "/v1/responses": lambda: self._responses(body, fault),
+            "/v1/messages": lambda: self._messages(body),
+        }
+        route = routes.get(self.path)
+        if route is None:
             self._send(404, {"error": {"message": f"no route {self.path}"}})
+            return
+        payload = route()
+        if fault is not None and fault.no_usage:
+            payload.pop("usage")
+        self._send(200, payload)
 
     # ------------------------------------------------------------------ wire formats
     def _answer(self, body: dict[str, Any], limit: int) -> tuple[list[str], bool]:

@@ -6,7 +6,7 @@ import pytest
 
 from attribsdk.adapters._retry import RetryPolicy
 from attribsdk.adapters.anthropic import AnthropicModel
-from attribsdk.adapters.base import GenerationParams, Message
+from attribsdk.adapters.base import GenerationParams, Message, MissingUsageWarning
 from attribsdk.adapters.registry import resolve_closed_model
 from attribsdk.errors import (
     APIStatusError,
@@ -130,6 +130,20 @@ async def test_logprobs_are_refused_before_any_request(
         await model.generate(MESSAGES, GenerationParams(logprobs=True))
     await model.aclose()
     assert server.calls() == 0
+
+
+async def test_an_answer_without_usage_is_kept_not_paid_twice(
+    server: FakeLLMServer, fast_retry: RetryPolicy
+) -> None:
+    server.inject(Fault(no_usage=True))
+    model = claude(server, fast_retry)
+    try:
+        with pytest.warns(MissingUsageWarning, match="no token usage"):
+            completion = await model.generate(MESSAGES, GenerationParams())
+    finally:
+        await model.aclose()
+    assert completion.text == ANSWER and completion.attempts == 1 and len(server.requests) == 1
+    assert completion.usage.input_tokens == 0
 
 
 async def test_inputs_and_configuration(monkeypatch: pytest.MonkeyPatch, server: FakeLLMServer) -> None:

@@ -7,10 +7,13 @@ import logging
 import pytest
 
 from attribsdk.adapters._retry import RetryPolicy
-from attribsdk.adapters.base import GenerationParams, Message
+from attribsdk.adapters.base import GenerationParams, Message, MissingUsageWarning
 from attribsdk.adapters.openai import OpenAIModel
 from attribsdk.adapters.registry import resolve_closed_model
+from attribsdk.adapters.stack import build_closed_model
+from attribsdk.cost import Price, Pricing
 from attribsdk.errors import (
+    AdapterError,
     APIStatusError,
     AuthenticationError,
     ConfigError,
@@ -214,6 +217,49 @@ async def test_wrong_schema_is_invalid_response(server: FakeLLMServer) -> None:
     with pytest.raises(InvalidResponseError, match="choices"):
         await model.generate(MESSAGES, PARAMS)
     await model.aclose()
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+async def test_an_answer_without_usage_is_kept_not_paid_twice(
+    server: FakeLLMServer, fast_retry: RetryPolicy, api: str
+) -> None:
+    server.inject(Fault(no_usage=True))
+    model = OpenAIModel(
+        f"usage-less-{api}", base_url=server.openai_base_url, api_key=SECRET, retry=fast_retry, api=api
+    )  # type: ignore[arg-type]
+    try:
+        with pytest.warns(MissingUsageWarning, match="no token usage"):
+            completion = await model.generate(MESSAGES, PARAMS)
+    finally:
+        await model.aclose()
+    assert completion.text == ANSWER and completion.attempts == 1 and len(server.requests) == 1
+    assert completion.usage.input_tokens == completion.usage.output_tokens == 0
+
+
+async def test_a_failed_response_is_not_retried_and_its_usage_is_kept(
+    server: FakeLLMServer, fast_retry: RetryPolicy
+) -> None:
+    failed = {
+        "model": "o3-pro-2025-06-10",
+        "status": "failed",
+        "output": [],
+        "error": {"code": "server_error", "message": "the model crashed"},
+        "usage": {"input_tokens": 12, "output_tokens": 0},
+    }
+    server.inject(Fault(status=200, body=failed))
+    stack = build_closed_model(
+        OpenAIModel("o3-pro", base_url=server.openai_base_url, api_key=SECRET, retry=fast_retry),
+        pricing=Pricing({"openai:o3-pro": Price(input_mtok=1e6, output_mtok=1e6)}),
+    )
+    try:
+        with pytest.raises(AdapterError, match="the model crashed") as info:
+            await stack.generate(MESSAGES, PARAMS)
+    finally:
+        await stack.adapter.aclose()
+    assert len(server.requests) == 1
+    assert info.value.partial["completion"].usage.input_tokens == 12
+    (record,) = stack.ledger.records
+    assert record.error == "AdapterError" and record.cost_usd == 12.0
 
 
 async def test_401_is_not_retried_and_is_clear(server: FakeLLMServer, fast_retry: RetryPolicy) -> None:
