@@ -16,8 +16,7 @@ from typing import Annotated
 
 import typer
 
-from ._cli_common import fail
-from .errors import AttribError
+from ._cli_common import guard
 
 app = typer.Typer(
     help="Compare RoPE-LIME with closed-loop baselines: closed calls, dollars, time, quality.",
@@ -28,10 +27,10 @@ app = typer.Typer(
 
 @app.command("compare")
 def compare(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (compare.json, compare.png).")],
-    dataset: Annotated[str, typer.Option(help="hotpotqa-paper | mmlu-words | hotpotqa-full | jsonl")] = (
-        "hotpotqa-paper"
-    ),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (compare.json, .png, .html).")],
+    dataset: Annotated[
+        str, typer.Option(help="hotpotqa-paper | hotpotqa-full | mmlu-words | eraser-movies | jsonl")
+    ] = "hotpotqa-paper",
     data: Annotated[Path | None, typer.Option(help="Dataset file (default: shared data).")] = None,
     n: Annotated[int, typer.Option("--n", help="Number of examples.")] = 5,
     methods: Annotated[
@@ -65,13 +64,12 @@ def compare(
     ] = None,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
-    """Explain N examples with each method; print the table, write compare.json and compare.png."""
-    from pydantic import ValidationError
-
+    """Explain N examples with each method; print the table, write compare.json, compare.png and
+    compare.html."""
     from .compare import CompareConfig, format_table
     from .compare import compare as run_compare
 
-    try:
+    def run() -> None:
         config = CompareConfig(
             dataset=dataset,
             data_path=str(data) if data is not None else None,
@@ -97,11 +95,7 @@ def compare(
             ) as pool:
                 typer.echo(f"scoring on {pool.num_actors} Ray actor(s)")
                 report = run_compare(config, out, surrogate=pool)
-    except ValidationError as exc:
-        fail(f"invalid option: {exc}")
-    except AttribError as exc:
-        if debug:
-            raise
-        fail(f"{type(exc).__name__}: {exc.message}")
-    typer.echo(format_table(report))
-    typer.echo(f"\nwrote {out / 'compare.json'}, {out / 'compare.png'} and {out / 'compare.html'}")
+        typer.echo(format_table(report))
+        typer.echo(f"\nwrote {out / 'compare.json'}, {out / 'compare.png'} and {out / 'compare.html'}")
+
+    guard(run, debug=debug, interrupted="interrupted; paid answers are in the cache under --out")

@@ -63,8 +63,9 @@ class ConfigError(AttribError):
 
 
 class CacheUnavailableError(ConfigError, ConnectionError):
-    """The response cache's server (e.g. Redis) could not be reached, refused the credentials or
-    failed a command. The URL in the message has its password redacted."""
+    """The response cache could not be used: its server (e.g. Redis) could not be reached, refused
+    the credentials or failed a command (the URL in the message has its password redacted), or
+    its directory cannot be created or opened."""
 
 
 class ModelNotFoundError(AttribError, LookupError):

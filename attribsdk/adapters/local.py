@@ -86,8 +86,12 @@ class LocalClosedModel:
         return completion.model_copy(update={"model": self.name})
 
     async def aclose(self) -> None:
+        """Close the private model store, if this adapter made one. A handle given to the
+        constructor stays (it belongs to the caller), so the adapter can still be used."""
         if self._owns_store and self._store is not None:
             store = self._store
             await anyio.to_thread.run_sync(store.close)
-        self._store = None
-        self._handle = None
+            self._store = None
+            self._owns_store = False
+        if isinstance(self._spec, str):
+            self._handle = None  # loaded from a store: loaded again on the next call

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -31,7 +32,7 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..adapters.base import Completion, Usage
-from ..errors import ConfigError
+from ..errors import CacheUnavailableError, ConfigError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -266,14 +267,20 @@ class DiskCache(ThreadedCacheAPI):
     def _open(self) -> diskcache.Cache:
         with self._open_lock:
             if self._cache is None:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                self._cache = diskcache.Cache(
-                    str(self.directory),
-                    disk=JSONTextDisk,
-                    eviction_policy="none",
-                    sqlite_synchronous=2,
-                    statistics=False,
-                )
+                try:
+                    self.directory.mkdir(parents=True, exist_ok=True)
+                    self._cache = diskcache.Cache(
+                        str(self.directory),
+                        disk=JSONTextDisk,
+                        eviction_policy="none",
+                        sqlite_synchronous=2,
+                        statistics=False,
+                    )
+                except (OSError, sqlite3.Error) as exc:
+                    raise CacheUnavailableError(
+                        f"the cache directory {self.directory} cannot be opened "
+                        f"({type(exc).__name__}: {exc}); pass another cache directory or cache=False"
+                    ) from exc
             return self._cache
 
     def get_sync(self, key: str) -> CacheEntry | None:

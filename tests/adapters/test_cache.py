@@ -30,7 +30,7 @@ from attribsdk.cache import (
 )
 from attribsdk.cache.cli import cache_app
 from attribsdk.cost import CallLedger, Price, Pricing
-from attribsdk.errors import APIStatusError, AuthenticationError, TruncatedOutputError
+from attribsdk.errors import APIStatusError, AuthenticationError, CacheUnavailableError, TruncatedOutputError
 
 from .conftest import SECRET
 from .fakeserver import FakeLLMServer, Fault
@@ -127,6 +127,19 @@ def test_invalid_or_foreign_schema_entries_are_misses(tmp_path: Path) -> None:
         db.set("k4", entry.model_dump_json())  # stored under the wrong key
         assert [cache.get_sync(k) for k in ("k1", "k2", "k4")] == [None, None, None]
         assert cache.stats().invalid == 3
+
+
+def test_an_unusable_cache_directory_is_a_typed_error(tmp_path: Path) -> None:
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("x")
+    under_a_file = a_file / "cache"  # cannot be created
+    with pytest.raises(CacheUnavailableError, match="cannot be opened"), ResponseCache(under_a_file) as cache:
+        cache.get_sync("k")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "cache.db").write_bytes(b"this is not an sqlite database" * 100)
+    with pytest.raises(CacheUnavailableError, match="DatabaseError"), ResponseCache(corrupt) as cache:
+        cache.get_sync("k")
 
 
 # ---------------------------------------------------------------------------------------------- flow

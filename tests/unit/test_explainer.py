@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from attribsdk import ConfigError, Explainer, Explanation, FeatureError, ScoringError
+from attribsdk.adapters.base import GenerationParams, Message
 from attribsdk.adapters.local import LocalClosedModel
 from attribsdk.adapters.wrappers import FunctionModel, TestModel
 from attribsdk.cost import Budget
@@ -95,6 +96,15 @@ async def test_local_closed_model_and_disk_cache(tiny: Any, tmp_path: Path) -> N
             res = await ex.explain(QUESTION, CONTEXT)
         assert (res.counts.closed_calls, res.counts.cache_hits) == ((1, 0) if run == 0 else (0, 1))
         assert res.answer.strip()
+
+
+async def test_a_local_closed_model_given_a_handle_survives_aclose(tiny: Any) -> None:
+    closed = LocalClosedModel(tiny)
+    params = GenerationParams(max_tokens=3)
+    first = await closed.generate([Message(role="user", content="Hi")], params)
+    await closed.aclose()
+    again = await closed.generate([Message(role="user", content="Hi")], params)  # the caller's handle
+    assert again.text == first.text and again.model == "local:" + tiny.name
 
 
 async def test_scoring_failure_keeps_the_paid_answer(tiny: Any) -> None:
