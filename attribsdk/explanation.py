@@ -53,6 +53,8 @@ class Samples(BaseModel):
     ``answer_logprobs[n][t]`` (``[N, T]``, nats) is the surrogate's log-probability of answer token
     t under sample n, for methods that score the answer with the surrogate (``None`` otherwise):
     the per-token data that lets one set of perturbations explain any span of the answer.
+    ``answers[n]`` is the closed model's answer to sample n, for the closed-loop methods (gSMILE,
+    closed-model leave-one-out) that paid for one per sample (``None`` otherwise).
     """
 
     masks: list[list[int]]
@@ -60,6 +62,7 @@ class Samples(BaseModel):
     distances: list[float]
     weights: list[float]
     answer_logprobs: list[list[float]] | None = None
+    answers: list[str] | None = None
 
 
 class RankedFeature(BaseModel):

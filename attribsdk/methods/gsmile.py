@@ -294,10 +294,10 @@ class GSmile(_ClosedLoop):
                 targets=[1.0, *(float(v) for v in y)],
                 distances=[0.0, *(float(v) for v in d_kernel)],
                 weights=[0.0, *(float(v) for v in weights)],
+                answers=[answer, *answers],
             ),
             timings=timings,
             extras={
-                "perturbed_answers": answers,
                 "output_distances": [float(v) for v in d_out],
                 "closed_requests": requested,
                 "word_vectors": wmd.vectors.name,
@@ -360,10 +360,10 @@ class ClosedLoo(_ClosedLoop):
                 targets=[0.0, *(float(v) for v in d)],
                 distances=[0.0] * (m + 1),
                 weights=[1.0] * (m + 1),
+                answers=[answer, *answers],
             ),
             timings={"sampling": t_sampling, "scoring": time.perf_counter() - t0},
             extras={
-                "perturbed_answers": answers,
                 "closed_requests": requested,
                 "word_vectors": wmd.vectors.name,
             },

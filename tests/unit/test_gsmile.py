@@ -10,7 +10,7 @@ import numpy as np
 import ot
 import pytest
 
-from attribsdk import ConfigError, Explainer
+from attribsdk import ConfigError, Explainer, Explanation
 from attribsdk.adapters.base import Completion, GenerationParams, Message
 from attribsdk.adapters.stack import build_closed_model
 from attribsdk.adapters.wrappers import FunctionModel, TestModel
@@ -170,6 +170,11 @@ async def test_gsmile_through_explainer_makes_65_closed_calls(tiny: Any) -> None
         res = await ex.explain(QUESTION, features="words")
     assert len(closed.calls) == 65
     assert (res.counts.closed_calls, res.counts.cache_hits) == (65, 0)
+    # every paid answer is in the result, aligned with its mask, and survives JSON
+    answers = res.samples.answers
+    assert answers is not None and len(answers) == len(res.samples.masks) == 65
+    assert set(answers) <= {planted(messages, params) for messages, params in closed.calls}
+    assert Explanation.model_validate_json(res.model_dump_json()).samples.answers == answers
     assert res.counts.surrogate_sequences == 0
     assert res.method == "gsmile" and res.config["word_vectors"] == "surrogate-input-embeddings"
     assert len(res.attributions) == 12
@@ -268,4 +273,6 @@ async def test_repeated_prompts_are_requested_once() -> None:
     answer = planted(list(prompt.render().messages), GenerationParams())
     res = await ClosedLoo(word_vectors=hashed_vector).attribute(prompt, answer, MethodParts(closed=closed))
     assert sorted(m.content for msgs, _ in closed.calls for m in msgs) == ["the cat", "the the"]
-    assert res.extras["closed_requests"] == 2 and len(res.extras["perturbed_answers"]) == 3
+    assert res.extras["closed_requests"] == 2
+    assert res.samples.answers is not None and len(res.samples.answers) == 4  # the unmasked row first
+    assert res.samples.answers[0] == answer
