@@ -419,7 +419,10 @@ class Scheduler:
             if job.reported:
                 continue
             if job.error is not None:
-                job.pending.clear()  # a failed job runs no more rows; report it now
+                job.pending.clear()  # a failed job runs no more rows
+                if job.inflight:
+                    continue  # another lane still runs rows on its caches; report when they are back
+                job.ref_kv = job.ref_lp = job.ref_capture = None
             elif job.pending or job.inflight:
                 continue
             else:
@@ -447,36 +450,51 @@ class Scheduler:
             self.step()
 
     def run(self, items: list[Item], *, keep_cache: bool) -> None:
-        """Run one micro-batch taken by :meth:`take` and store its rows' results in their jobs; a
-        batch out of memory is split in halves and retried. Touches no scheduler state, so lanes
-        call it without the scheduler's lock."""
+        """Run one micro-batch taken by :meth:`take` and store its rows' results in their jobs.
+
+        A batch out of memory is split in halves and retried (after the failed attempt's tensors
+        are released). Any other failure of a batch that mixes several requests re-runs each
+        request's rows alone, so only the request at fault fails. Never raises an ``Exception``:
+        failures land in ``job.error``. Touches no scheduler state, so lanes call it without the
+        scheduler's lock."""
         lm = self.lm
+        out_of_memory: BaseException | None = None
+        failure: AttribError | None = None
         try:
             with torch.inference_mode():
                 _run_batch(lm, items, keep_cache=keep_cache)
+            return
         except _OutOfMemory as exc:
+            # Drop the traceback: its frames hold the failed attempt's activations and caches.
+            out_of_memory = (exc.__cause__ or exc).with_traceback(None)
+        except AttribError as exc:
+            failure = exc
+        except Exception as exc:
+            failure = ScoringError(f"{lm.name} failed while scoring: {type(exc).__name__}: {exc}")
+            failure.__cause__ = exc
+        jobs = list({id(j): j for j, _ in items}.values())
+        if out_of_memory is not None:
             if len(items) == 1:
                 job = items[0][0]
                 job.error = ScoringError(
                     f"out of memory scoring one {job.suffix_len(items[0][1])}-token sequence on "
                     f"{lm.device}; use a smaller model, a shorter prompt or another device"
                 )
-                job.error.__cause__ = exc.__cause__
+                job.error.__cause__ = out_of_memory
                 return
             with _ACCOUNTING:
-                for job in {id(j): j for j, _ in items}.values():
+                for job in jobs:
                     job.splits += 1
             half = len(items) // 2
             self.run(items[:half], keep_cache=keep_cache)
             self.run(items[half:], keep_cache=keep_cache)
-        except AttribError as exc:
-            for job, _ in items:
-                job.error = exc
-        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            err = ScoringError(f"{lm.name} failed while scoring: {exc}")
-            err.__cause__ = exc
-            for job, _ in items:
-                job.error = err
+            return
+        if len(jobs) > 1:
+            for job in jobs:
+                self.run([item for item in items if item[0] is job], keep_cache=keep_cache)
+            return
+        for job, _ in items:
+            job.error = failure
 
 
 #: Guards the per-job counters that concurrent lanes update after their batches.
@@ -487,11 +505,15 @@ class _OutOfMemory(Exception):
     """Internal: a batch did not fit in memory (carries the original error as ``__cause__``)."""
 
 
+#: How allocators word running out of memory (CUDA/MPS, Windows, Linux CPU allocator).
+_OOM_WORDS = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory")
+
+
 def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
     text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "not enough memory" in text)
+    return isinstance(exc, RuntimeError) and any(words in text for words in _OOM_WORDS)
 
 
 def score_request(lm: LocalModel, request: ScoringRequest, *, reuse_prefix: bool = True) -> ScoreResult:

@@ -45,6 +45,18 @@ class QueueStats:
         )
 
 
+def _resolve(done: list[tuple[Job, Future[ScoreResult]]]) -> None:
+    for job, future in done:
+        if future.done():
+            continue
+        if job.error is not None:
+            future.set_exception(job.error)
+        elif job.result is not None:
+            future.set_result(job.result)
+        else:
+            future.set_exception(ScoringError("scoring finished without a result"))
+
+
 class ScoringQueue:
     """Scores requests for ``lm`` on worker threads, mixing rows of concurrent requests in one batch.
 
@@ -160,20 +172,19 @@ class ScoringQueue:
                     if torch.get_num_threads() != threads:
                         torch.set_num_threads(threads)
                     try:
-                        scheduler.run(items, keep_cache=keep_cache)
+                        scheduler.run(items, keep_cache=keep_cache)  # failures land in job.error
                     finally:
+                        if threads != self._total_threads:
+                            # torch's setting is also the default of threads started later (the
+                            # event loop's workers, generation): leave it as this queue found it.
+                            torch.set_num_threads(self._total_threads)
                         with self._cond:
                             self._busy -= 1
                             self.stats.batches += 1
                             finished = scheduler.complete(items, keep_cache=keep_cache)
                             done = [(j, self._futures.pop(id(j))) for j in finished if id(j) in self._futures]
                             self._cond.notify_all()  # a finished reference makes its rows runnable
-                for job, future in done:
-                    if job.error is not None:
-                        future.set_exception(job.error)
-                    else:
-                        assert job.result is not None
-                        future.set_result(job.result)
+                        _resolve(done)  # even when the batch was interrupted: no caller waits forever
         except BaseException as exc:  # never leave a caller waiting forever
             error: BaseException = (
                 exc if isinstance(exc, AttribError) else ScoringError(f"scoring worker failed: {exc}")

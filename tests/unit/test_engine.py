@@ -20,6 +20,7 @@ from attribsdk.prompt import RenderedPrompt, build_prompt
 from attribsdk.scoring.base import CaptureSpec, ScoreResult, ScoringRequest
 from attribsdk.scoring.engine import BatchLimits, Scheduler, prepare, score_request
 from attribsdk.scoring.models import LocalModel
+from attribsdk.scoring.targets import register_target
 from tests.tiny_models import tiny_gemma3, tiny_local_model, tiny_tokenizer
 
 CONTEXT = (
@@ -171,6 +172,8 @@ class _OomBelow:
     [
         "CUDA out of memory. Tried to allocate 2.00 GiB",
         "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory",
+        "[enforce fail at alloc_cpu.cpp:124] DefaultCPUAllocator: can't allocate memory: you tried to "
+        "allocate 9437184000 bytes. Error code 12 (Cannot allocate memory)",
     ],
 )
 def test_out_of_memory_batch_is_split_and_retried(message: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -222,6 +225,45 @@ def test_queue_batches_concurrent_callers_and_matches(lm: LocalModel) -> None:
     stats = lm.queue.stats
     assert stats.jobs == len(requests) and stats.max_jobs_in_flight == len(requests)
     assert stats.batches < sum(r.extras["batches"] for r in alone)  # fewer, fuller batches
+
+
+def test_one_failing_request_fails_alone_and_the_queue_lives_on() -> None:
+    def broken(ref: torch.Tensor, rows: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
+        raise KeyError("a bug in a user's target")
+
+    register_target("test-broken", broken, replace=True)
+    lm = tiny_local_model()
+    good = [ScoringRequest(prompts=prompts(seed=s, n=5), answer=ANSWER) for s in range(2)]
+    bad = ScoringRequest(prompts=prompts(seed=9, n=5), answer=ANSWER, target="test-broken")
+    with lm.forward_lock:
+        alone = [score_request(lm, r) for r in good]
+    with lm.forward_lock:  # queue all three so their references share the first batch
+        futures = [lm.queue.submit(r) for r in (good[0], bad, good[1])]
+    with pytest.raises(ScoringError, match="KeyError"):
+        futures[1].result(timeout=60)
+    assert_same(futures[0].result(timeout=60), alone[0])
+    assert_same(futures[2].result(timeout=60), alone[1])
+    assert_same(lm.score(good[0]), alone[0])  # the queue still serves
+    lm.close()
+
+
+def test_lanes_leave_torchs_thread_count_as_they_found_it() -> None:
+    before = torch.get_num_threads()
+    if before < 2:
+        pytest.skip("needs 2 torch threads for lanes with fewer threads each")
+    lm = tiny_local_model(lanes=2)
+    requests = [ScoringRequest(prompts=prompts(seed=s, n=8), answer=ANSWER) for s in range(3)]
+    threads = [threading.Thread(target=lm.score, args=(r,)) for r in requests]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seen: list[int] = []
+    probe = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    probe.start()
+    probe.join()
+    assert seen == [before] and torch.get_num_threads() == before
+    lm.close()
 
 
 def test_closing_the_model_fails_queued_requests(lm: LocalModel) -> None:
