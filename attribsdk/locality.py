@@ -8,10 +8,12 @@ mean phase. A perturbation's distance to the reference is the Relaxed Word Mover
 (:func:`rwmd`) between the reference's spans and its own, with :func:`polar_distance` as ground cost.
 
 Rotary embedding turns pair ``i`` of a token at position ``p`` by the angle ``p·θ_i`` and leaves
-its magnitude alone. Moving every token of two spans by the same offset therefore adds the same
-angle to both spans' phases, which cancels in the phase difference: the polar distance does not
-change when a deletion earlier in the prompt shifts both spans alike, and it does see the
-relative moves that deleting a feature between them causes.
+its magnitude alone. :func:`polar_distance` between two spans therefore does not change when both
+move by the same offset. The kernel, though, compares each span of the unmasked reference with
+the spans of a perturbed prompt, where deleting a feature moves every later span by the deleted
+tokens and turns its phases by ``shift·θ_i``: the distance grows with how much text was removed
+before each kept feature, as well as with how the kept text's (contextual) keys change. Magnitudes
+are not moved by the rotation, so they carry only the content part.
 
 Kernels are frozen pydantic models with a ``kind`` discriminator (see :data:`KernelConfig`); any
 object with the :class:`Kernel` members can be used in their place.

@@ -86,6 +86,12 @@ def _check_inputs(Z: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarr
         raise InputError(f"w contains {bad} negative weights; sample weights must be >= 0")
     if not (wv > 0).any():
         raise InputError("every sample weight is 0: nothing to fit")
+    if n > 1 and int((wv > 0).sum()) < 2:
+        raise InputError(
+            f"only 1 of {n} samples has a positive weight, so no feature's effect can be fitted "
+            "(a locality kernel bandwidth too small for these distances gives every perturbation "
+            "weight 0)"
+        )
     return z, yv, wv
 
 
@@ -117,7 +123,7 @@ class WLS(_SolverBase):
 
         ``r2`` is the weighted R² (1.0 when ``y`` is constant over the used samples, which the
         intercept fits exactly). Raises :class:`~attribsdk.errors.InputError` for bad shapes,
-        non-finite values, negative weights or all-zero weights.
+        non-finite values, negative weights, or fewer than two samples with a positive weight.
         """
         z, yv, wv = _check_inputs(Z, y, w)
         used = wv > 0

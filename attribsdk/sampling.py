@@ -134,7 +134,9 @@ class SparseK(_SamplerBase):
     every feature is touched ``floor(N·k/M)`` or ``ceil(N·k/M)`` times. A row equal to an earlier
     one is redrawn with new tie-breaking a few times, then made new by trading one feature with an
     earlier row (which leaves every use count as it was); duplicates remain only once all
-    ``C(M, k)`` distinct rows are used, or when a bounded search finds no trade.
+    ``C(M, k)`` distinct rows are used, or when a bounded search finds no trade. Because a trade
+    rewrites an earlier row, a draw of more rows from the same seed need not begin with the rows
+    of a smaller draw.
     """
 
     kind: Literal["sparse_k"] = "sparse_k"

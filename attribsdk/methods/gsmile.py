@@ -291,14 +291,15 @@ class GSmile(_ClosedLoop):
             # Row 0 is the unmasked input, recorded for reference with weight 0: not part of the fit.
             samples=Samples(
                 masks=[[1] * m, *masks.astype(int).tolist()],
-                targets=[1.0, *(float(v) for v in y)],
+                # Raw divergence from the explained answer, as for every method (the regression
+                # target y, a transform of it, is reproducible from these and the configuration).
+                targets=[0.0, *(float(v) for v in d_out)],
                 distances=[0.0, *(float(v) for v in d_kernel)],
                 weights=[0.0, *(float(v) for v in weights)],
                 answers=[answer, *answers],
             ),
             timings=timings,
             extras={
-                "output_distances": [float(v) for v in d_out],
                 "closed_requests": requested,
                 "word_vectors": wmd.vectors.name,
             },

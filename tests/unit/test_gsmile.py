@@ -174,6 +174,11 @@ async def test_gsmile_through_explainer_makes_65_closed_calls(tiny: Any) -> None
     answers = res.samples.answers
     assert answers is not None and len(answers) == len(res.samples.masks) == 65
     assert set(answers) <= {planted(messages, params) for messages, params in closed.calls}
+    # targets are raw divergences from the explained answer, as for every method: 0 for the
+    # unmasked row and for every perturbation whose answer did not change
+    targets = res.samples.targets
+    assert targets[0] == 0.0 and min(targets) >= 0.0
+    assert all(t == 0.0 for a, t in zip(answers, targets, strict=True) if a == answers[0])
     assert Explanation.model_validate_json(res.model_dump_json()).samples.answers == answers
     assert res.counts.surrogate_sequences == 0
     assert res.method == "gsmile" and res.config["word_vectors"] == "surrogate-input-embeddings"

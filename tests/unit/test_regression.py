@@ -145,6 +145,10 @@ def test_bad_inputs() -> None:
         solver.fit(z, y, np.append(w[:-1], -0.5))
     with pytest.raises(InputError, match="every sample weight is 0"):
         solver.fit(z, y, np.zeros_like(w))
+    only_reference = np.zeros_like(w)
+    only_reference[0] = 1.0  # every perturbation's weight underflowed: not a "perfect" all-zero fit
+    with pytest.raises(InputError, match="only 1 of 10 samples has a positive weight"):
+        solver.fit(z, y, only_reference)
     with pytest.raises(InputError, match="w contains 1 NaN"):
         solver.fit(z, y, np.append(w[:-1], np.nan))
     with pytest.raises(InputError, match="Z contains"):
