@@ -229,6 +229,7 @@ class LocalModel:
         self._lanes = lanes
         self._queue: ScoringQueue | None = None
         self._queue_lock = threading.Lock()
+        self._closing = False
 
     # -- descriptive properties -----------------------------------------------------------------
     @property
@@ -326,6 +327,7 @@ class LocalModel:
         queued for scoring fail with :class:`ModelLoadError`."""
         with self._queue_lock:
             queue, self._queue = self._queue, None
+            self._closing = True  # no new queue from here on (see :attr:`queue`)
         if queue is not None:
             queue.close()
         with self._lock:
@@ -392,6 +394,8 @@ class LocalModel:
         """This handle's scoring queue (started on first use)."""
         with self._queue_lock:
             self._require_open()
+            if self._closing:
+                raise ModelLoadError(f"model handle {self._name!r} is being closed")
             if self._queue is None:
                 self._queue = ScoringQueue(self, reuse_prefix=self._reuse_prefix, lanes=self.lanes)
             return self._queue
