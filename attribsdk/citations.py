@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import textwrap
 import threading
 import time
@@ -105,10 +106,14 @@ def as_sources(sources: str | Iterable[Any]) -> list[Source]:
     Accepted items: a string (its id is its position: ``"0"``, ``"1"``...), a :class:`Source`, or
     any mapping or object with ``text`` (or ``page_content``, as LangChain documents have, or
     ``content``) and optional ``id`` and ``metadata`` — dicts, dataclasses, pydantic models.
-    A single string is one source. Raises :class:`InputError` for no sources, a source without
-    text, metadata that is not a mapping, or two sources with the same id.
+    A single string, mapping, :class:`Source` or text-bearing object is one source. Raises
+    :class:`InputError` for no sources, a source without text, metadata that is not a mapping, or
+    two sources with the same id.
     """
-    items = [sources] if isinstance(sources, str) else list(sources)
+    single = isinstance(sources, str | Mapping | Source) or any(
+        isinstance(_get(sources, k), str) for k in ("text", "page_content", "content")
+    )
+    items = [sources] if single else list(sources)
     if not items:
         raise InputError("no sources to cite: pass the retrieved documents (strings or objects with text)")
     out: list[Source] = []
@@ -402,8 +407,11 @@ class Citer:
             )
         if unit not in ("sentences", "paragraphs", "documents"):
             raise ConfigError(f"unit must be 'sentences', 'paragraphs' or 'documents', got {unit!r}")
-        if top_k is not None and top_k < 1:
-            raise ConfigError(f"top_k must be >= 1 or None, got {top_k}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ConfigError(f"top_k must be an int >= 1 or None, got {top_k!r}")
+        for name, value in (("min_score", min_score), ("min_confidence", min_confidence)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
         if not 0.0 <= min_confidence <= 1.0:
             raise ConfigError(f"min_confidence must be in [0, 1], got {min_confidence}")
         if explainer is not None and (closed is not None or explainer_options):

@@ -62,7 +62,7 @@ def explain(
     seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
-    top: Annotated[int | None, typer.Option(help="Show only the top N features.")] = None,
+    top: Annotated[int | None, typer.Option(min=1, help="Show only the top N features.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the Explanation as JSON.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
@@ -76,6 +76,8 @@ def explain(
                 docs.append(p.read_text(encoding="utf-8"))
             except OSError as exc:
                 _fail(f"cannot read {p}: {exc.strerror}")
+            except UnicodeDecodeError as exc:
+                _fail(f"cannot read {p}: not UTF-8 text ({exc.reason} at byte {exc.start})")
         kwargs: dict[str, Any] = {
             "question": q,
             "context": docs or None,

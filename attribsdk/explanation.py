@@ -36,6 +36,8 @@ class Counts(BaseModel):
 class Timings(BaseModel):
     """Wall-clock seconds per stage."""
 
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+
     features: float = 0.0
     closed: float = 0.0
     sampling: float = 0.0
@@ -56,6 +58,8 @@ class Samples(BaseModel):
     ``answers[n]`` is the closed model's answer to sample n, for the closed-loop methods (gSMILE,
     closed-model leave-one-out) that paid for one per sample (``None`` otherwise).
     """
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")
 
     masks: list[list[int]]
     targets: list[float]
@@ -81,7 +85,9 @@ class Explanation(BaseModel):
     negative means the answer is more likely without it.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    # Non-finite floats (an undefined R², a -inf log-probability) round-trip as "NaN"/"Infinity"
+    # strings, keeping the JSON strict.
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="strings")
 
     schema_version: int = SCHEMA_VERSION
     method: str
@@ -121,8 +127,14 @@ class Explanation(BaseModel):
 
     # -- views ------------------------------------------------------------------------------
     def ranked(self) -> list[RankedFeature]:
-        """Features sorted by attribution (largest first; ties keep input order)."""
-        order = sorted(range(len(self.features)), key=lambda i: (-self.attributions[i], i))
+        """Features sorted by attribution (largest first; ties keep input order; an undefined
+        (NaN) attribution last)."""
+
+        def key(i: int) -> tuple[bool, float, int]:
+            a = self.attributions[i]
+            return (math.isnan(a), -a if not math.isnan(a) else 0.0, i)
+
+        order = sorted(range(len(self.features)), key=key)
         return [
             RankedFeature(
                 rank=r + 1,

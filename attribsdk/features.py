@@ -7,6 +7,7 @@ sentences come from `sentencex` (rule based, no downloads, ~300 languages).
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Sequence
 from typing import Literal
@@ -108,13 +109,18 @@ def parts_from_spans(text: str, spans: Sequence[tuple[int, int]]) -> list[Part]:
     pos = 0
     for i, span in enumerate(spans):
         try:
-            s, e = (int(span[0]), int(span[1]))
-        except (TypeError, ValueError, IndexError) as exc:
+            first, last = span[0], span[1]
+        except (TypeError, IndexError, KeyError) as exc:
             raise FeatureError(f"span {i} must be a (start, end) pair of ints, got {span!r}") from exc
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (first, last)):
+            raise FeatureError(f"span {i} must be a (start, end) pair of ints, got {span!r}")
+        s, e = int(first), int(last)
         if not (0 <= s < e <= len(text)):
             raise FeatureError(f"span {i} = ({s}, {e}) is empty or outside the text (length {len(text)})")
         if s < pos:
             raise FeatureError(f"span {i} = ({s}, {e}) overlaps the previous span or is out of order")
+        if not text[s:e].strip():
+            raise FeatureError(f"span {i} = ({s}, {e}) covers only whitespace; a feature needs text")
         if s > pos:
             parts.append(Part(text=text[pos:s], feature=False))
         parts.append(Part(text=text[s:e], feature=True))

@@ -7,6 +7,7 @@ rendered user message is reported, so later stages can find the feature's tokens
 
 from __future__ import annotations
 
+import numbers
 import re
 import string
 from collections.abc import Sequence
@@ -93,6 +94,9 @@ class Prompt(BaseModel):
         missing = fields - doc_slots - set(self.fixed)
         if missing:
             raise InputError(f"template fields {sorted(missing)} have no document or fixed value")
+        both = doc_slots & set(self.fixed)
+        if both:
+            raise InputError(f"slots {sorted(both)} have both a document and a fixed value; give one")
         unused = (doc_slots | set(self.fixed)) - fields
         if unused:
             raise InputError(f"slots {sorted(unused)} do not appear in the template {self.template!r}")
@@ -280,7 +284,11 @@ def _spans_for(
 
 
 def _is_pair(x: object) -> bool:
-    return isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(v, int) for v in x)
+    return (
+        isinstance(x, (tuple, list))
+        and len(x) == 2
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in x)
+    )
 
 
 class Example(BaseModel):

@@ -12,11 +12,12 @@ when given, and returns the figure.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .html import NEGATIVE_RGB, POSITIVE_RGB
 
@@ -30,6 +31,23 @@ if TYPE_CHECKING:
 __all__ = ["plot_attributions", "plot_cost_quality", "plot_metric_vs_m"]
 
 PathLike = str | os.PathLike[str]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _plain_text(fn: F) -> F:
+    """Draw ``fn``'s figure with mathtext off: feature text, method names and labels are user
+    text, where ``$...$`` (prices, Windows paths) must print as written, not parse as TeX."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return fn(*args, **kwargs)
+
+    return cast(F, wrapper)
 
 
 def _figure(figsize: tuple[float, float], dpi: int = 110) -> Figure:
@@ -52,6 +70,7 @@ def _label(text: str, width: int) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
+@_plain_text
 def plot_attributions(
     explanation: Explanation,
     path: PathLike | None = None,
@@ -96,6 +115,7 @@ def plot_attributions(
     return fig
 
 
+@_plain_text
 def plot_cost_quality(report: CompareReport, path: PathLike | None = None) -> Figure:
     """Cost vs quality: closed calls (left) and dollars (right) per explanation against AUROC."""
     fig = _figure((10.0, 4.0))
@@ -123,6 +143,7 @@ def plot_cost_quality(report: CompareReport, path: PathLike | None = None) -> Fi
     return fig
 
 
+@_plain_text
 def plot_metric_vs_m(
     buckets: Sequence[str],
     series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],

@@ -125,6 +125,9 @@ def test_sources_are_normalised_from_many_shapes() -> None:
     ]
     assert out[1].metadata == {"url": "u"} and out[3].metadata == {"source": "wiki"}
     assert as_sources("one string") == [Source(id="0", text="one string")]
+    # one mapping, Source or text-bearing object is one source, not a list of its keys or fields
+    assert as_sources({"id": "a", "text": "hello"}) == [Source(id="a", text="hello")]
+    assert as_sources(Source(id="s", text="t")) == [Source(id="s", text="t")]
 
 
 @pytest.mark.parametrize(
@@ -305,6 +308,9 @@ async def test_errors() -> None:
         Citer(method="gsmile")
     with pytest.raises(ConfigError, match="top_k"):
         Citer(top_k=0)
+    for bad in ({"top_k": 2.5}, {"top_k": "3"}, {"min_score": "x"}, {"min_score": float("nan")}):
+        with pytest.raises(ConfigError, match=r"top_k|min_score"):
+            Citer(**bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="either"):
         Citer(planted_citer().explainer, closed="local:smollm2")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -32,6 +34,15 @@ def test_errors_are_one_line(args: list[str], expected: str) -> None:
     err = result.stderr.strip()
     assert err.startswith("error: ") and expected in err
     assert "\n" not in err and "Traceback" not in result.output
+
+
+def test_option_and_file_errors(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    result = runner.invoke(app, ["explain", "Q?", "-f", str(latin1)])
+    assert result.exit_code == 2 and f"cannot read {latin1}: not UTF-8 text" in result.stderr
+    result = runner.invoke(app, ["explain", "Q?", "-c", "Some text.", "--top", "0"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
 
 
 def test_help_lists_commands() -> None:

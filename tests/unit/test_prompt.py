@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 
 from attribsdk import Example, FeatureError, InputError, build_prompt
@@ -97,6 +98,11 @@ def test_explicit_spans_and_parts() -> None:
     p = Prompt(template="{context}", documents=(doc,))
     assert p.features[0].start == 7
     assert p.render([False]).messages[-1].content == "Title: "  # fixed text stays
+    # numpy integers are ints (spans often come from array arithmetic)
+    spans = [(np.int64(0), np.int64(5)), (np.int64(11), np.int64(16))]
+    assert [f.text for f in build_prompt("Q", text, features=spans).features] == ["alpha", "gamma"]
+    with pytest.raises(InputError, match="both a document and a fixed value"):
+        Prompt(template="{context}", documents=(doc,), fixed={"context": "x"})
 
 
 @pytest.mark.parametrize(
@@ -112,6 +118,8 @@ def test_explicit_spans_and_parts() -> None:
         ({"question": "Q", "context": ["a b", "c"], "features": [[(0, 1)]]}, FeatureError),
         ({"question": "Q", "context": "a", "template": "{context} {nope}"}, InputError),
         ({"question": "Q", "context": "a", "template": "{context"}, InputError),
+        ({"question": "Q", "context": "abc", "features": [(0, 2.9)]}, FeatureError),  # not truncated
+        ({"question": "Q", "context": "a  b", "features": [(0, 1), (1, 3)]}, FeatureError),  # whitespace
     ],
 )
 def test_bad_inputs_raise_documented_errors(kwargs: dict[str, object], error: type[Exception]) -> None:

@@ -266,6 +266,25 @@ def test_plot_attributions(words_expl: Explanation, tmp_path: Path) -> None:
     assert ticks[max(ticks)].startswith("#1 ") and ticks[min(ticks)].startswith("#5 ")  # rank 1 on top
 
 
+def test_plot_prints_dollar_signs_as_written(expl: Explanation, tmp_path: Path) -> None:
+    text = r"Paths: $C:\foo\bar$ and $5 or $10"
+    odd = expl.model_copy(update={"features": [expl.features[0].model_copy(update={"text": text})]})
+    odd = odd.model_copy(update={"attributions": [1.0], "coefficients": [0.5]})
+    fig = odd.plot(tmp_path / "dollars.png")  # mathtext would raise on \foo
+    _png(tmp_path / "dollars.png")
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["#1 " + " ".join(text.split())]
+
+
+def test_non_finite_values_round_trip_and_rank_last(expl: Explanation) -> None:
+    n = len(expl.features)
+    odd = expl.model_copy(update={"attributions": [float("nan")] + [1.0 / n] * (n - 1), "r2": float("nan")})
+    back = Explanation.model_validate_json(odd.model_dump_json())
+    assert (
+        np.isnan(back.r2) and np.isnan(back.attributions[0]) and back.attributions[1:] == odd.attributions[1:]
+    )
+    assert odd.ranked()[-1].feature == expl.features[0]
+
+
 def test_plot_attributions_into_given_axes(expl: Explanation) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
