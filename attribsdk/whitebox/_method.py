@@ -85,8 +85,8 @@ class WhiteboxMethod(ABC):
                 raise
             except torch.cuda.OutOfMemoryError as exc:
                 raise ScoringError(f"{self.name}: out of memory on {lm.device}: {exc}") from exc
-            except (RuntimeError, ValueError) as exc:
-                raise ScoringError(f"{self.name} failed on {lm.name}: {exc}") from exc
+            except Exception as exc:
+                raise ScoringError(f"{self.name} failed on {lm.name}: {type(exc).__name__}: {exc}") from exc
         if scores.feature_scores is not None:
             coef = np.asarray(scores.feature_scores, dtype=np.float64)
         elif scores.token_scores is not None:

@@ -22,6 +22,7 @@ methods work when the caller runs under inference mode or ``no_grad``.
 
 from __future__ import annotations
 
+import zlib
 from typing import Any, Literal
 
 import numpy as np
@@ -455,11 +456,15 @@ class RandomConfig(WhiteboxConfig):
 
 class RandomAttribution(WhiteboxMethod):
     """Seeded uniform scores in [0, 1), one per *feature* (not per token, which would favour long
-    features), from the explanation's seed: the same seed gives the same scores. No model work; the
-    floor every other method must beat."""
+    features), drawn from the explanation's seed and the input's tokens: the same seed and input
+    give the same scores, and two inputs never share a ranking because they share a seed (with one
+    stream per seed, every input with few features would rank feature 0 first). No model work;
+    the floor every other method must beat."""
 
     name = "random"
     Config = RandomConfig
 
     def run(self, wi: WhiteboxInput, rng: np.random.Generator) -> WhiteboxScores:
-        return WhiteboxScores(feature_scores=rng.uniform(0.0, 1.0, size=len(wi.feature_tokens)))
+        tokens = wi.ids.detach().cpu().numpy().astype(np.int64).tobytes()
+        own = np.random.default_rng([int(rng.integers(2**32)), zlib.crc32(tokens)])
+        return WhiteboxScores(feature_scores=own.uniform(0.0, 1.0, size=len(wi.feature_tokens)))

@@ -245,6 +245,7 @@ class GradELLM(WhiteboxMethod):
                 handle.remove()
         target_logit = picked.detach()
         outputs.clear()  # free the graph: only the detached weights, queries, keys and values are needed
+        rec.tensors.update({k: v.detach() for k, v in rec.tensors.items()})
         del logits, picked, x
 
         n = wi.n_prompt

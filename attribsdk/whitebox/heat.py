@@ -21,8 +21,8 @@ tokens, then renormalised to sum to 1 over them (tokens no path reaches get 0 --
 The official code normalises over all context tokens instead; over a deep model nearly all of the
 rollout mass sits outside the features (SmolLM2, 30 layers, a HotpotQA prompt: 0.9992 on the first
 token, the attention sink, and 0.00006 on the features), which would only shrink every score by
-one common factor. The mass that
-reaches the features before renormalising is reported as ``extras["heat_flow_on_features"]``.
+one common factor. The share of the rollout mass on prompt tokens that reaches the features,
+before renormalising, is reported as ``extras["heat_flow_on_features"]``.
 Departures from the official code: heads are averaged per layer before the rollout (the official
 code chains head ``h`` of one layer with head ``h`` of the next, although heads of different layers
 are unrelated), the final rollout is used (not a sum over per-layer partial rollouts), and rows are
@@ -451,9 +451,10 @@ class Heat(WhiteboxMethod):
     14 s and 1.5 GB with ``layers=6``.
 
     ``extras``: ``heat_hvps``, ``heat_depth`` (first differentiated layer), ``heat_windows``,
-    ``heat_target_logprob`` (nats/token), ``heat_flow_on_features`` (rollout mass on the features
-    before renormalising) and, per feature, ``heat_flow``, ``heat_curvature`` and
-    ``heat_information`` (lists; an :class:`~attribsdk.explanation.Explanation` keeps the scalars).
+    ``heat_target_logprob`` (nats/token), ``heat_flow_on_features`` (share of the rollout mass on
+    prompt tokens that falls on the features, before renormalising) and, per feature,
+    ``heat_flow``, ``heat_curvature`` and ``heat_information`` (lists; an
+    :class:`~attribsdk.explanation.Explanation` keeps the scalars).
     """
 
     name = "heat"
@@ -556,6 +557,7 @@ class Heat(WhiteboxMethod):
                     rows = torch.arange(len(index) - 1, len(index) - 1 + wi.n_answer, device=ids.device)
                     rolled = attention_rollout(graph.attentions, rows).mean(0)[: len(index)]
                     target += float(graph.target.detach()) / len(windows)
+                    del graph  # its closures hold this window's double-backward graph
                 hvps += used
                 flow_sum[index] += rolled.double().cpu().numpy()
                 curv_sum[index] += curv[: len(index)].double().numpy()

@@ -301,6 +301,13 @@ def test_random_is_seeded(tiny: LocalModel) -> None:
     assert a.coefficients.shape == (prompt.n_features,)
     assert ((a.coefficients >= 0) & (a.coefficients < 1)).all()
     assert a.surrogate_sequences == 0
+    # inputs sharing a seed do not share a ranking: with one stream per seed every 3-feature
+    # input would rank its features the same way
+    orders = set()
+    for q in ("Where is Paris?", "Who wrote Hamlet?", "What is water?", "Why is the sky blue?"):
+        three = build_prompt(q, "One fact. Two facts. Three facts.", features="sentences")
+        orders.add(tuple(np.argsort(_run(RandomAttribution(), tiny, three, "Paris.", 1).coefficients)))
+    assert len(orders) > 1
 
 
 # --------------------------------------------------------------------------------------------------
