@@ -195,3 +195,18 @@ class BudgetExceeded(AttribError):
         self.estimate_usd = estimate_usd
         self.max_usd = max_usd
         self.max_calls = max_calls
+
+
+def callback_failed(
+    callback: str, errors: list[Exception], calls: int, kept: str, partial: dict[str, Any]
+) -> ConfigError:
+    """The error raised after a batch whose user callback (``on_result``, ``on_row``) raised: the
+    batch went on, so ``partial`` carries everything it produced."""
+    first = errors[0]
+    error = ConfigError(
+        f"{callback} raised {type(first).__name__}: {first} ({len(errors)} of {calls} calls); "
+        f"{kept}: see partial[{next(iter(partial))!r}]",
+        partial=partial,
+    )
+    error.__cause__ = first
+    return error

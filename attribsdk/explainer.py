@@ -23,7 +23,7 @@ from .adapters.registry import parse_model_string
 from .adapters.stack import HTTP_PROVIDERS, ClosedModelStack, build_closed_model
 from .cache import CacheBackend
 from .cost import Budget, CallLedger, CostReport, Pricing
-from .errors import AttribError, ConfigError, InputError, ScoringError
+from .errors import AttribError, ConfigError, InputError, ScoringError, callback_failed
 from .explanation import Counts, Explanation, Timings
 from .methods import Method, MethodParts, make_method
 from .prompt import Example, Prompt, build_prompt
@@ -529,12 +529,8 @@ class Explainer:
             bar(0, close=True)
         done = [r for r in results if r is not None]
         if callback_errors:
-            first = callback_errors[0]
-            raise ConfigError(
-                f"on_result raised {type(first).__name__}: {first} ({len(callback_errors)} of "
-                f"{len(items)} calls); every example was still explained: see partial['results']",
-                partial={"results": done},
-            ) from first
+            kept = "every example was still explained"
+            raise callback_failed("on_result", callback_errors, len(items), kept, {"results": done})
         return done
 
     # -- sync wrappers --------------------------------------------------------------------------

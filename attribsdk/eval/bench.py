@@ -47,7 +47,7 @@ from .. import __version__
 from .._strategy import ConfigModel
 from .._sync import run_sync
 from ..adapters.base import ClosedModel, GenerationParams, Message
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, callback_failed
 from ..methods import Method, make_method
 from ..sampling import CRule, KRule
 from ..views.progress import progress_bar
@@ -655,12 +655,8 @@ async def arun_benchmark(
 
         result.report = write_report(out, reference=reference)
     if callback_errors:
-        first = callback_errors[0]
-        raise ConfigError(
-            f"on_row raised {type(first).__name__}: {first} ({len(callback_errors)} of "
-            f"{len(new_rows)} rows); every row was still computed and written: see partial['result']",
-            partial={"result": result},
-        ) from first
+        kept = "every row was still computed and written"
+        raise callback_failed("on_row", callback_errors, len(new_rows), kept, {"result": result})
     return result
 
 

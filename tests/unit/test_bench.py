@@ -215,7 +215,7 @@ def test_a_raising_on_row_stops_nothing(tiny: Any, tmp_path: Path) -> None:
     def on_row(row: dict[str, Any]) -> None:
         raise ValueError("user bug")
 
-    with pytest.raises(ConfigError, match=r"on_row raised ValueError: user bug \(3 of 3 rows\)") as info:
+    with pytest.raises(ConfigError, match=r"on_row raised ValueError: user bug \(3 of 3 calls\)") as info:
         run_benchmark(
             _config(methods=(parse_method_specs(["rope-lime-loo"])[0],)),
             tmp_path,
