@@ -336,11 +336,11 @@ class RayScorer:
                     continue
                 state = "died" if gone else "was unavailable"
                 raise ScoringError(f"{where} {state} and its retries are spent: {exc}") from exc
-            except ray.exceptions.RayError as exc:
+            except Exception as exc:  # another Ray error, or the request failing to serialise
                 with self._lock:
-                    actor.in_flight -= 1
+                    actor.in_flight -= 1  # or the least-loaded routing would avoid this actor for good
                     self.stats.failed += 1
-                raise ScoringError(f"{where}: {exc}") from exc
+                raise ScoringError(f"{where}: {type(exc).__name__}: {exc}") from exc
             with self._lock:
                 actor.in_flight -= 1
                 actor.requests += 1

@@ -29,7 +29,8 @@ from attribsdk.cache import CachedModel, DiskCache
 from attribsdk.errors import AttribError
 from attribsdk.eval.bench import BenchConfig, arun_benchmark, parse_method_specs
 from attribsdk.eval.datasets import load_jsonl
-from attribsdk.prompt import Example
+from attribsdk.prompt import Example, build_prompt
+from attribsdk.scoring.base import ScoringRequest
 from tests.tiny_models import tiny_local_model
 
 try:
@@ -328,3 +329,23 @@ def test_unshippable_scorer_and_bad_options_are_config_errors(cluster: None) -> 
         RayScorer("smollm2", num_actors=0)
     with pytest.raises(ConfigError, match="engine"):
         Explainer(engine="spark")  # type: ignore[arg-type]
+
+
+def test_a_request_that_cannot_be_sent_fails_typed_and_frees_the_actor(
+    cluster: None, model_dir: Path
+) -> None:
+    class Unsendable:
+        class score:
+            @staticmethod
+            def remote(request: object) -> object:
+                raise TypeError("cannot pickle '_thread.lock' object")
+
+    with RayScorer(str(model_dir), num_actors=1, device="cpu") as pool:
+        real = pool._actors[0]
+        pool._actors[0] = Unsendable()  # type: ignore[assignment]
+        try:
+            with pytest.raises(ScoringError, match="TypeError: cannot pickle"):
+                pool.score(ScoringRequest(prompts=[build_prompt("Q?", "A b.").render()], answer="A."))
+        finally:
+            pool._actors[0] = real
+        assert pool.actors[0].in_flight == 0 and pool.stats.failed == 1
