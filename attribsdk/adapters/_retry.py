@@ -24,7 +24,8 @@ from tenacity import (
     retry_if_exception_type,
     stop_after_attempt,
     stop_before_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from ..errors import AdapterError, ConfigError, RequestTimeoutError
@@ -116,9 +117,9 @@ class _Wait:
 
     def __init__(self, policy: RetryPolicy) -> None:
         self._policy = policy
-        self._backoff = wait_exponential_jitter(
-            multiplier=policy.initial_backoff, max=policy.max_backoff, jitter=policy.initial_backoff
-        )
+        # Jitter after the cap, so clients at max_backoff do not retry in lockstep.
+        exponential = wait_exponential(multiplier=policy.initial_backoff, max=policy.max_backoff)
+        self._backoff = exponential + wait_random(0, policy.initial_backoff)
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None

@@ -182,15 +182,19 @@ class LimitedModel(ModelWrapper):
         self._tokens = TokenBucket(tpm, clock=clock, sleep=sleep) if tpm is not None else None
 
     async def generate(self, messages: list[Message], params: GenerationParams) -> Completion:
-        """Wait for the rate limits and a free slot, then call the wrapped model."""
+        """Wait for a free slot, then for the rate limits, then call the wrapped model. (Rate
+        tokens taken while waiting for a slot would pile up and go out in one burst.)"""
+        if self._slots is None:
+            return await self._rate_limited(messages, params)
+        async with self._slots:
+            return await self._rate_limited(messages, params)
+
+    async def _rate_limited(self, messages: list[Message], params: GenerationParams) -> Completion:
         if self._requests is not None:
             await self._requests.acquire(1)
         if self._tokens is not None:
             await self._tokens.acquire(worst_case_tokens(messages, params))
-        if self._slots is None:
-            return await self.inner.generate(messages, params)
-        async with self._slots:
-            return await self.inner.generate(messages, params)
+        return await self.inner.generate(messages, params)
 
     def __repr__(self) -> str:
         rpm = self._requests.capacity if self._requests else None

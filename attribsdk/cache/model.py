@@ -18,7 +18,7 @@ import anyio
 from ..adapters.base import ClosedModel, Completion, GenerationParams, Message
 from ..adapters.wrappers import ModelWrapper, describe_request
 from ..cost import CallLedger
-from ..errors import ConfigError
+from ..errors import ConfigError, TruncatedOutputError
 from .backend import CacheBackend
 from .keys import request_key
 from .store import CacheEntry
@@ -127,4 +127,12 @@ class CachedModel(ModelWrapper):
         hit = completion.model_copy(update={"cached": True, "attempts": 0})
         if self.ledger is not None:
             self.ledger.record_completion(self.name, hit)
+        if hit.finish_reason == "length" and not self.allow_truncated:
+            # Stored (or being answered) for a caller that accepts truncated answers: this one does
+            # not. Refuse it as the model would, keeping the answer, without paying for it again.
+            raise TruncatedOutputError(
+                f"{self.name}: the cached answer was cut at max_tokens; raise max_tokens or allow "
+                "truncated answers",
+                partial={"completion": hit},
+            )
         return hit

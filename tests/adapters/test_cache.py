@@ -257,6 +257,10 @@ async def test_truncated_answers_are_not_cached_unless_allowed(
         await allowed.generate(ask(), short)
         again = await allowed.generate(ask(), short)
         assert again.cached and cache.stats().entries == 1 and server.calls(CHAT) == 4
+        # A caller that refuses truncated answers is refused the stored one too, without a call.
+        with pytest.raises(TruncatedOutputError, match="cached answer was cut") as info:
+            await CachedModel(strict, cache).generate(ask(), short)
+        assert info.value.partial["completion"].cached and server.calls(CHAT) == 4
     await strict.aclose()
     await lenient.aclose()
 

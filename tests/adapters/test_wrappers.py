@@ -76,6 +76,31 @@ async def test_limited_model_caps_concurrency() -> None:
     assert peak == 3
 
 
+async def test_rate_tokens_are_taken_only_with_a_slot() -> None:
+    """Callers queued for a concurrency slot must not take rate tokens meanwhile, or they all go
+    out at once when the slot frees: the rpm cap holds whatever the queue."""
+    time = FakeTime()
+    release = anyio.Event()
+    starts: list[float] = []
+
+    async def reply(messages: list[Message], params: GenerationParams) -> str:
+        starts.append(time.now)
+        if len(starts) == 1:
+            await release.wait()  # the first call holds the only slot while the others queue
+        return "ok"
+
+    model = LimitedModel(FunctionModel(reply), max_concurrency=1, rpm=2, clock=time.clock, sleep=time.sleep)
+    async with anyio.create_task_group() as tg:
+        for _ in range(6):
+            tg.start_soon(model.generate, ask(), PARAMS)
+        for _ in range(50):
+            await anyio.lowlevel.checkpoint()
+        time.now += 240.0  # a long first call: the bucket refills, but only once
+        release.set()
+    per_minute = [sum(1 for t in starts if lo <= t < lo + 60.0) for lo in starts]
+    assert len(starts) == 6 and max(per_minute) <= 2 + 1  # the burst of 2, then the paced rate
+
+
 async def test_limited_model_counts_requests_and_worst_case_tokens() -> None:
     time = FakeTime()
     inner = TestModel()
