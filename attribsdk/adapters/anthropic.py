@@ -125,8 +125,18 @@ class AnthropicModel(SDKModel[anthropic.AsyncAnthropic, dict[str, Any]]):
         return f"AnthropicModel(name={self.name!r}, timeout={self.timeout})"
 
     def describe_request(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
-        """The final request (``extra_body`` merged in) as JSON-able data, for cache keys."""
+        """The final request (``extra_body`` merged in) as JSON-able data, for cache keys (a
+        request this adapter refuses is refused here too, before any cache lookup)."""
+        self._refuse_logprobs(params)
         return {"provider": self.provider, "endpoint": "messages", "body": self._body(messages, params)}
+
+    def _refuse_logprobs(self, params: GenerationParams) -> None:
+        if params.logprobs:
+            raise LogprobsUnavailableError(
+                f"{self.name}: Anthropic models do not return token log-probabilities; "
+                "use a method that needs only the answer text",
+                provider=self.provider,
+            )
 
     # ------------------------------------------------------------------ internals
     def _new_client(self) -> anthropic.AsyncAnthropic:
@@ -140,12 +150,7 @@ class AnthropicModel(SDKModel[anthropic.AsyncAnthropic, dict[str, Any]]):
         )
 
     def _request(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
-        if params.logprobs:
-            raise LogprobsUnavailableError(
-                f"{self.name}: Anthropic models do not return token log-probabilities; "
-                "use a method that needs only the answer text",
-                provider=self.provider,
-            )
+        self._refuse_logprobs(params)
         body = self._body(messages, params)
         kwargs = {k: v for k, v in body.items() if k not in _SAMPLING_KEYS}
         kwargs["extra_body"] = {k: body[k] for k in _SAMPLING_KEYS if k in body}

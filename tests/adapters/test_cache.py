@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from attribsdk.adapters._retry import RetryPolicy
+from attribsdk.adapters.anthropic import AnthropicModel
 from attribsdk.adapters.base import Completion, GenerationParams, Message
 from attribsdk.adapters.openai import OpenAIModel
 from attribsdk.adapters.wrappers import FunctionModel, TestModel
@@ -30,7 +31,13 @@ from attribsdk.cache import (
 )
 from attribsdk.cache.cli import cache_app
 from attribsdk.cost import CallLedger, Price, Pricing
-from attribsdk.errors import APIStatusError, AuthenticationError, CacheUnavailableError, TruncatedOutputError
+from attribsdk.errors import (
+    APIStatusError,
+    AuthenticationError,
+    CacheUnavailableError,
+    LogprobsUnavailableError,
+    TruncatedOutputError,
+)
 
 from .conftest import SECRET
 from .fakeserver import FakeLLMServer, Fault
@@ -76,6 +83,16 @@ def test_key_ignores_credentials_and_timeouts_but_not_outputs(server: FakeLLMSer
     proxied = OpenAIModel("gpt-4o-mini", api_key=SECRET, base_url="http://proxy.local/v1")
     assert cache_key(proxied, ask(), PARAMS) == base
     assert SECRET not in json.dumps(a.describe_request(ask(), PARAMS))
+
+
+async def test_a_request_the_adapter_refuses_is_refused_before_the_cache(tmp_path: Path) -> None:
+    claude = AnthropicModel("claude-haiku-4-5", api_key=SECRET, base_url="http://127.0.0.1:9")
+    async with ResponseCache(tmp_path) as cache:
+        # an answer stored without log-probabilities must not satisfy a request that needs them
+        entry = CacheEntry.create("k", claude.name, {}, Completion(text="ok", model="m"))
+        await cache.put(entry.model_copy(update={"key": cache_key(claude, ask(), PARAMS)}))
+        with pytest.raises(LogprobsUnavailableError, match="do not return token log-probabilities"):
+            await CachedModel(claude, cache).generate(ask(), PARAMS.model_copy(update={"logprobs": True}))
 
 
 def test_canonical_json_is_order_independent() -> None:
