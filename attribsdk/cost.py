@@ -206,6 +206,10 @@ class Budget(ConfigModel):
     max_calls: int | None = Field(default=None, ge=0)
 
 
+#: ``CallRecord.error`` of a call cancelled before its answer came back.
+CANCELLED = "Cancelled"
+
+
 class CallRecord(BaseModel):
     """One closed call as the ledger saw it."""
 
@@ -228,13 +232,16 @@ class CostReport(BaseModel):
     """What a run of closed calls cost. Round-trips through JSON.
 
     ``closed_calls`` counts calls that reached the provider (cache hits excluded, failures
-    included); ``http_attempts`` counts every HTTP attempt, retries included. ``tokens`` are the
+    included); ``cancelled_calls`` those cancelled before an answer came back (they may or may not
+    have reached it, and are not counted against ``Budget.max_calls``); ``http_attempts`` counts
+    every HTTP attempt, retries included. ``tokens`` are the
     tokens of upstream calls; ``avoided_tokens`` those that cache hits did not spend again.
     ``cost_usd`` is ``None`` when some upstream call has no known price (see ``unpriced_calls``).
     """
 
     closed_calls: int = 0
     failed_calls: int = 0
+    cancelled_calls: int = 0
     http_attempts: int = 0
     cache_hits: int = 0
     tokens: Usage = Usage()
@@ -259,6 +266,9 @@ class CostReport(BaseModel):
                 report.cache_hits += 1
                 report.avoided_tokens += r.usage
                 avoided = None if avoided is None or r.avoided_usd is None else avoided + r.avoided_usd
+                continue
+            if r.error == CANCELLED:
+                report.cancelled_calls += 1
                 continue
             report.closed_calls += 1
             report.failed_calls += r.error is not None
@@ -288,6 +298,7 @@ class CostReport(BaseModel):
         return CostReport(
             closed_calls=self.closed_calls + other.closed_calls,
             failed_calls=self.failed_calls + other.failed_calls,
+            cancelled_calls=self.cancelled_calls + other.cancelled_calls,
             http_attempts=self.http_attempts + other.http_attempts,
             cache_hits=self.cache_hits + other.cache_hits,
             tokens=self.tokens + other.tokens,
@@ -306,7 +317,9 @@ class CostReport(BaseModel):
         t = self.tokens
         return (
             f"{self.closed_calls} closed calls ({self.http_attempts} HTTP attempts, "
-            f"{self.failed_calls} failed), "
+            f"{self.failed_calls} failed"
+            + (f", {self.cancelled_calls} cancelled" if self.cancelled_calls else "")
+            + "), "
             f"{self.cache_hits} cache hits; tokens in {t.input_tokens} (cached {t.cache_read_tokens}) "
             f"out {t.output_tokens} (reasoning {t.reasoning_tokens}); cost {cost}, avoided {avoided} "
             f"[{self.price_source}]"
@@ -385,7 +398,7 @@ class CallLedger:
     # ------------------------------------------------------------------ recording
     def _append(self, record: CallRecord) -> None:
         self.records.append(record)
-        if not record.cached:
+        if not record.cached and record.error != CANCELLED:
             self._upstream += 1
             if record.cost_usd is not None:
                 self._spent_usd += record.cost_usd
@@ -435,7 +448,7 @@ class CallLedger:
     def record_cancelled(self, model_name: str) -> CallRecord:
         """Record a call cancelled before its answer came back (no cost known; see
         :class:`MeteredModel`)."""
-        record = CallRecord(model=model_name, cost_usd=0.0, error="Cancelled")
+        record = CallRecord(model=model_name, cost_usd=0.0, error=CANCELLED)
         self._record(record)
         return record
 
@@ -504,8 +517,10 @@ class MeteredModel(ModelWrapper):
     """Checks the ledger's budget before each call and records every call (answer or failure).
 
     A call cancelled before its answer came back (another call of a batch failed, a timeout
-    around it) is recorded as a failed call with ``error="Cancelled"`` and no cost: if it had
-    already reached the provider it may have been billed, which no response can tell."""
+    around it) is recorded with ``error="Cancelled"`` and no cost, and reported apart
+    (``CostReport.cancelled_calls``): if it had already reached the provider it may have been
+    billed, which no response can tell. A request the adapter refuses before sending anything
+    (:class:`InputError`, :class:`ConfigError`) is not a call and is not recorded."""
 
     def __init__(self, inner: ClosedModel, ledger: CallLedger) -> None:
         super().__init__(inner)
@@ -519,6 +534,8 @@ class MeteredModel(ModelWrapper):
         try:
             try:
                 completion = await self.inner.generate(messages, params)
+            except (InputError, ConfigError):
+                raise  # refused before anything was sent
             except Exception as exc:
                 self.ledger.record_failure(self.name, exc)
                 raise

@@ -12,7 +12,7 @@ import pytest
 from attribsdk.adapters._retry import RetryPolicy
 from attribsdk.adapters.base import Completion, GenerationParams, Message, Usage
 from attribsdk.adapters.stack import ClosedModelStack, build_closed_model
-from attribsdk.adapters.wrappers import FunctionModel, TestModel, worst_case_input_tokens
+from attribsdk.adapters.wrappers import FunctionModel, LimitedModel, TestModel, worst_case_input_tokens
 from attribsdk.cache import ResponseCache
 from attribsdk.cost import (
     PRICE_SOURCE,
@@ -28,6 +28,7 @@ from attribsdk.errors import (
     APIStatusError,
     BudgetExceeded,
     ConfigError,
+    InputError,
     RequestTimeoutError,
     TruncatedOutputError,
 )
@@ -111,6 +112,37 @@ def test_a_custom_models_bare_name_is_not_priced_as_free() -> None:
     ledger = CallLedger(pricing=pricing, budget=Budget(max_usd=1.0))
     with pytest.raises(ConfigError, match="my-gpt4"):
         ledger.reserve("my-gpt4", [Message(role="user", content="hi")], GenerationParams())
+
+
+async def test_cancelled_and_refused_calls_do_not_use_up_max_calls() -> None:
+    release = anyio.Event()
+
+    async def slow(messages: list[Message], params: GenerationParams) -> str:
+        await release.wait()
+        return "ok"
+
+    free = Pricing({"function:model": Price(input_mtok=0.0, output_mtok=0.0)})
+    ledger = CallLedger(budget=Budget(max_calls=3), pricing=free)
+    model = MeteredModel(LimitedModel(FunctionModel(slow), max_concurrency=1), ledger)
+    with anyio.move_on_after(0.2):  # three calls queue behind one slot and are cancelled
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(model.generate, [Message(role="user", content="hi")], GenerationParams())
+    report = ledger.report()
+    assert report.cancelled_calls == 3 and report.closed_calls == 0
+    release.set()
+
+    # the budget still has its three calls; a request refused before sending costs none of them
+    def refuse(messages: list[Message], params: GenerationParams) -> str:
+        raise InputError("refused before sending")
+
+    refusing = MeteredModel(FunctionModel(refuse), ledger)
+    with pytest.raises(InputError):
+        await refusing.generate([Message(role="user", content="hi")], GenerationParams())
+    for _ in range(3):
+        assert (await model.generate([Message(role="user", content="hi")], GenerationParams())).text == "ok"
+    with pytest.raises(BudgetExceeded):
+        await model.generate([Message(role="user", content="hi")], GenerationParams())
 
 
 def test_price_overrides() -> None:

@@ -229,7 +229,9 @@ async def test_a_failed_closed_loop_keeps_the_cancelled_calls_in_the_ledger() ->
     report = stack.ledger.report()
     errors = {r.error for r in stack.ledger.records}
     assert {"RuntimeError", "Cancelled"} <= errors and None not in errors
-    assert report.failed_calls == len(stack.ledger.records) and report.cost_usd == 0.0
+    assert report.cancelled_calls >= 1 and "cancelled" in report.summary()
+    assert report.failed_calls + report.cancelled_calls == len(stack.ledger.records)
+    assert report.closed_calls == report.failed_calls and report.cost_usd == 0.0
 
 
 async def test_gsmile_budget_stops_the_closed_loop(tiny: Any) -> None:
