@@ -813,7 +813,9 @@ class ModelStore:
     """Loads each (model, device, dtype) once and hands out the same :class:`LocalModel`.
 
     An object you own, not a global: ``close()`` (or leaving a ``with`` block) closes every handle it
-    loaded. Thread-safe.
+    loaded. The handles belong to the store: closing one (``with store.get(x) as lm:`` does) closes
+    it for every holder, and the next :meth:`get` loads it again. Loads hold the store's lock, so
+    two models are loaded one after the other. Thread-safe.
     """
 
     def __init__(self, *, cache_dir: str | os.PathLike[str] | None = None) -> None:
