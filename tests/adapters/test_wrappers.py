@@ -9,7 +9,13 @@ import sys
 import anyio
 import pytest
 
-from attribsdk.adapters._retry import RetryableFailure, RetryPolicy, call_with_retries, parse_retry_after
+from attribsdk.adapters._retry import (
+    RetryableFailure,
+    RetryPolicy,
+    _Wait,
+    call_with_retries,
+    parse_retry_after,
+)
 from attribsdk.adapters.base import Completion, GenerationParams, Message
 from attribsdk.adapters.wrappers import (
     FunctionModel,
@@ -163,6 +169,24 @@ def test_retry_policy_validation() -> None:
         RetryPolicy(initial_backoff=-1)
     with pytest.raises(ConfigError):
         RetryPolicy(deadline=0)
+
+
+def test_backoff_is_capped_then_jittered() -> None:
+    """The wait is min(max_backoff, initial·2^(n-1)) plus jitter in [0, initial]: clients at the
+    cap still spread out instead of retrying in lockstep."""
+    import tenacity
+
+    policy = RetryPolicy(initial_backoff=0.5, max_backoff=4.0)
+    wait = _Wait(policy)
+
+    def waits(attempt: int) -> list[float]:
+        state = tenacity.RetryCallState(None, None, (), {})
+        state.attempt_number = attempt
+        return [wait(state) for _ in range(200)]
+
+    first, capped = waits(1), waits(9)
+    assert all(0.5 <= w <= 1.0 for w in first)
+    assert all(4.0 <= w <= 4.5 for w in capped) and max(capped) - min(capped) > 0.3
 
 
 async def test_call_with_retries_counts_attempts() -> None:
