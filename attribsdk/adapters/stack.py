@@ -41,6 +41,7 @@ class ClosedModelStack(ModelWrapper):
         adapter: the innermost model (the provider adapter).
         ledger: where every call is recorded; ``ledger.report()`` is the cost report.
         cache: the response cache, or ``None``.
+        max_concurrency: the cap on concurrent upstream calls (``None``: none).
     """
 
     def __init__(
@@ -59,6 +60,10 @@ class ClosedModelStack(ModelWrapper):
         self.cache = cache
         self._owns_adapter = owns_adapter
         self._owns_cache = owns_cache
+        limited = inner
+        while isinstance(limited, ModelWrapper) and not isinstance(limited, LimitedModel):
+            limited = limited.inner
+        self.max_concurrency = limited.max_concurrency if isinstance(limited, LimitedModel) else None
 
     async def aclose(self) -> None:
         """Close the adapter and the cache if this stack created them."""

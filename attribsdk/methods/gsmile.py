@@ -114,8 +114,10 @@ async def regenerate(
 
     Returns ``(answers [N], distinct requests made)``. The unmasked prompt's answer is ``answer``
     (never requested again); identical perturbed prompts are requested once. Calls run
-    concurrently; the first failure cancels the calls still pending and is raised (an
-    :class:`~attribsdk.errors.AttribError`) with what was already paid for in ``partial``:
+    concurrently, at most the closed model's ``max_concurrency`` at a time (8 when it has none).
+    After a failure no new call is sent, the calls already sent finish (their answers are paid
+    for: they are kept, and cached by the closed model's cache), and the first failure is raised
+    (an :class:`~attribsdk.errors.AttribError`) with what was already paid for in ``partial``:
     ``"answers"`` (one entry per row of ``masks``, the answer or ``None`` where none came back),
     ``"masks"`` (the rows, as lists of 0/1) and ``"answers_received"`` (how many distinct
     answers came back). A truncated answer (:class:`~attribsdk.errors.TruncatedOutputError`) is
@@ -126,23 +128,29 @@ async def regenerate(
     pending = list(dict.fromkeys(k for k in keys if k not in results))
     errors: list[BaseException] = []
 
-    async def one(key: tuple[tuple[str, str], ...], scope: anyio.CancelScope) -> None:
+    # This gate, not the closed model's own limiter, decides when a call is sent, so that after a
+    # failure the calls not yet sent can be dropped without cancelling any that are in flight.
+    gate = anyio.CapacityLimiter(getattr(closed, "max_concurrency", None) or 8)
+
+    async def one(key: tuple[tuple[str, str], ...]) -> None:
         messages = [Message(role=role, content=content) for role, content in key]  # type: ignore[arg-type]
-        try:
-            completion = await closed.generate(messages, params)
-            text = completion.text
-        except TruncatedOutputError as exc:
-            cut = exc.partial.get("completion")
-            text = cut.text if isinstance(cut, Completion) else ""
-        except Exception as exc:
-            errors.append(exc)
-            scope.cancel()
-            return
+        async with gate:
+            if errors:
+                return  # a call failed: send no more
+            try:
+                completion = await closed.generate(messages, params)
+                text = completion.text
+            except TruncatedOutputError as exc:
+                cut = exc.partial.get("completion")
+                text = cut.text if isinstance(cut, Completion) else ""
+            except Exception as exc:
+                errors.append(exc)
+                return
         results[key] = text
 
     async with anyio.create_task_group() as tg:
         for key in pending:
-            tg.start_soon(one, key, tg.cancel_scope)
+            tg.start_soon(one, key)
     if errors:
         kept = {
             "answers_received": sum(1 for k in pending if k in results),
