@@ -16,18 +16,25 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import ConfigError
 
-__all__ = ["ConfigModel", "build_strategy", "check_options", "describe_invalid"]
+__all__ = ["ConfigModel", "build_strategy", "check_options", "describe_invalid", "validation_problems"]
+
+
+def validation_problems(exc: ValidationError, *, owner: str = "", limit: int | None = None) -> str:
+    """``"Owner.field: message; ..."`` for a pydantic validation error (the first ``limit`` problems;
+    ``<root>`` names a problem with the whole value when there is no ``owner``)."""
+    parts = []
+    for err in exc.errors()[:limit]:
+        loc = ".".join(str(p) for p in err["loc"])
+        cause = err.get("ctx", {}).get("error")
+        msg = str(cause) if isinstance(cause, Exception) else err["msg"]
+        where = ".".join(p for p in (owner, loc) if p) or "<root>"
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)
 
 
 def describe_invalid(owner: str, exc: ValidationError) -> str:
     """``"invalid Owner.field: message; ..."`` for a pydantic validation error."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        cause = err.get("ctx", {}).get("error")
-        msg = str(cause) if isinstance(cause, Exception) else err["msg"]
-        parts.append(f"{owner}.{loc}: {msg}" if loc else f"{owner}: {msg}")
-    return "invalid " + "; ".join(parts)
+    return "invalid " + validation_problems(exc, owner=owner)
 
 
 def check_options(factory: Callable[..., Any], options: Mapping[str, Any], what: str) -> None:

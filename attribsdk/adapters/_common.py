@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr, ValidationError
 
+from .._strategy import validation_problems
 from ..errors import (
     AdapterError,
     APIStatusError,
@@ -373,9 +374,7 @@ class SDKModel(Generic[ClientT, RequestT]):
 
     def _invalid(self, exc: ValidationError) -> RetryableFailure:
         """A response that does not fit the expected schema: retryable, the first problems named."""
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]
-        )
+        problems = validation_problems(exc, limit=5)
         return RetryableFailure(
             InvalidResponseError(
                 f"{self.name}: unexpected response shape ({problems})", provider=self.provider
