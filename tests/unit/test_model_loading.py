@@ -70,6 +70,77 @@ def test_cache_key_follows_the_gguf_file(tiny_gguf: tuple[Path, Any, Any], tmp_p
     write_tiny_gguf(path, seed=1)  # rewritten in place: new size/mtime -> new cache entry
     second = load_model(path, cache_dir=tmp_path / "c")
     assert second.load_info.origin == "gguf-converted" and second.load_info.path != first.load_info.path
+    # the conversion of the old file can never be loaded again: it is deleted, not left behind
+    assert not Path(first.load_info.path or "").exists()
+    assert [p.name for p in (tmp_path / "c" / "models").iterdir()] == [Path(second.load_info.path or "").name]
+
+
+def test_conversion_prunes_only_unreachable_conversions(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    for sub in ("old", "kept", "new"):
+        (tmp_path / sub).mkdir()
+    old_path, _, _ = write_tiny_gguf(tmp_path / "old" / "tiny.gguf")
+    gone = Path(load_model(old_path, cache_dir=cache).load_info.path or "")
+    kept_path, _, _ = write_tiny_gguf(tmp_path / "kept" / "tiny.gguf", seed=2)
+    kept = Path(load_model(kept_path, cache_dir=cache).load_info.path or "")
+    foreign = cache / "models" / "tiny-notours"  # no marker: a conversion in progress or not ours
+    foreign.mkdir()
+    other_format = cache / "models" / "tiny-oldformat"
+    other_format.mkdir()
+    (other_format / "attribsdk-source.json").write_text(json.dumps({"format": "0", "source": "x"}))
+    assert {gone, kept} <= set((cache / "models").iterdir())
+
+    old_path.unlink()  # e.g. a deleted virtual environment's copy of the file
+    new_path, _, _ = write_tiny_gguf(tmp_path / "new" / "tiny.gguf", seed=3)
+    new = Path(load_model(new_path, cache_dir=cache).load_info.path or "")
+    left = set((cache / "models").iterdir())
+    assert gone not in left and other_format not in left  # file gone; older cache format
+    assert {kept, new, foreign} <= left  # its file is unchanged; unknown directory
+    # an earlier key for the same file (e.g. before packaged files were keyed on their checksum)
+    # goes on the next load of that file, a cache hit included
+    legacy = cache / "models" / "tiny-legacy"
+    legacy.mkdir()
+    marker = {"format": models._CACHE_FORMAT, "source": str(kept_path), "fingerprint": "an older key"}
+    (legacy / "attribsdk-source.json").write_text(json.dumps(marker))
+    assert load_model(kept_path, cache_dir=cache).load_info.origin == "gguf-cache"
+    assert not legacy.exists() and kept.exists() and new.exists()
+
+
+def _fake_distribution(site: Path, payload: bytes, *, record_hash: bool = True) -> tuple[Any, Path]:
+    """A package ``fakeweights`` installed into ``site`` with a RECORD, as pip writes it."""
+    import base64
+    import hashlib
+    from importlib.metadata import Distribution
+
+    weights = site / "fakeweights" / "w.gguf"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(payload)
+    info = site / "fakeweights-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fakeweights\nVersion: 1.0\n")
+    digest = base64.urlsafe_b64encode(hashlib.sha256(payload).digest()).rstrip(b"=").decode()
+    hashed = f"sha256={digest}" if record_hash else ""
+    (info / "RECORD").write_text(
+        f"fakeweights/w.gguf,{hashed},{len(payload)}\nfakeweights-1.0.dist-info/RECORD,,\n"
+    )
+    return Distribution.at(info), weights
+
+
+def test_packaged_fingerprint_is_the_files_checksum_wherever_installed(tmp_path: Path) -> None:
+    dist_a, file_a = _fake_distribution(tmp_path / "venv-a", b"weights v1")
+    dist_b, file_b = _fake_distribution(tmp_path / "venv-b", b"weights v1")
+    dist_c, file_c = _fake_distribution(tmp_path / "venv-c", b"weights v2")
+    fa = models._packaged_fingerprint("fake", dist_a, file_a)
+    assert fa.startswith("fake|sha256:") and fa.endswith("|10")
+    assert models._packaged_fingerprint("fake", dist_b, file_b) == fa  # another environment, same file
+    assert models._packaged_fingerprint("fake", dist_c, file_c) != fa
+
+    # no checksum to trust: the file's path, size and mtime, as for any GGUF file
+    file_a.write_bytes(b"edited after install")
+    assert models._packaged_fingerprint("fake", dist_a, file_a) == models._file_fingerprint(file_a)
+    dist_d, file_d = _fake_distribution(tmp_path / "venv-d", b"weights v1", record_hash=False)
+    assert models._packaged_fingerprint("fake", dist_d, file_d) == models._file_fingerprint(file_d)
+    assert models._packaged_fingerprint("fake", None, file_b) == models._file_fingerprint(file_b)
 
 
 def test_env_var_sets_the_cache_root(
