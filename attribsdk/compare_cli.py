@@ -64,8 +64,9 @@ def compare(
     ] = None,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
-    """Explain N examples with each method; print the table, write compare.json, compare.png and
-    compare.html."""
+    """Explain N examples with each method: cost and quality side by side.
+
+    Prints the table and writes compare.json, compare.png and compare.html."""
     from .compare import CompareConfig, format_table
     from .compare import compare as run_compare
 
