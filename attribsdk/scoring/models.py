@@ -775,10 +775,12 @@ def _convert_gguf(source: _Source, target: Path) -> None:
 
 
 def _is_stale(marker: dict[str, Any], source: _Source) -> bool:
-    """Whether a conversion described by ``marker`` can never be loaded again: written in another
-    cache format, an earlier conversion of the file ``source`` converts now, or converted from a
-    file (fingerprint ``path|size|mtime``) that has since changed or is gone."""
-    if marker.get("format") != _CACHE_FORMAT:
+    """Whether a conversion described by ``marker`` can never be loaded again: written in an older
+    cache format (a newer one may belong to a newer attribsdk in another environment), an earlier
+    conversion of the file ``source`` converts now, or converted from a file (fingerprint
+    ``path|size|mtime``) that has since changed or is gone."""
+    fmt = str(marker.get("format", ""))
+    if fmt.isdigit() and int(fmt) < int(_CACHE_FORMAT):
         return True
     origin, fingerprint = str(marker.get("source", "")), str(marker.get("fingerprint", ""))
     if origin == str(source.path or source.name) and fingerprint != source.fingerprint:
@@ -787,8 +789,10 @@ def _is_stale(marker: dict[str, Any], source: _Source) -> bool:
     if path.is_absolute() and fingerprint.startswith(origin + "|"):
         try:
             return _file_fingerprint(path) != fingerprint
-        except OSError:
+        except FileNotFoundError:
             return True
+        except OSError:  # unreadable now (permissions): not known to be gone
+            return False
     return False
 
 

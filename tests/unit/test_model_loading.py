@@ -88,6 +88,9 @@ def test_conversion_prunes_only_unreachable_conversions(tmp_path: Path) -> None:
     other_format = cache / "models" / "tiny-oldformat"
     other_format.mkdir()
     (other_format / "attribsdk-source.json").write_text(json.dumps({"format": "0", "source": "x"}))
+    newer_format = cache / "models" / "tiny-newformat"  # a newer attribsdk's, in another environment
+    newer_format.mkdir()
+    (newer_format / "attribsdk-source.json").write_text(json.dumps({"format": "99", "source": "x"}))
     assert {gone, kept} <= set((cache / "models").iterdir())
 
     old_path.unlink()  # e.g. a deleted virtual environment's copy of the file
@@ -95,7 +98,7 @@ def test_conversion_prunes_only_unreachable_conversions(tmp_path: Path) -> None:
     new = Path(load_model(new_path, cache_dir=cache).load_info.path or "")
     left = set((cache / "models").iterdir())
     assert gone not in left and other_format not in left  # file gone; older cache format
-    assert {kept, new, foreign} <= left  # its file is unchanged; unknown directory
+    assert {kept, new, foreign, newer_format} <= left  # file unchanged; unknown; newer format
     # an earlier key for the same file (e.g. before packaged files were keyed on their checksum)
     # goes on the next load of that file, a cache hit included
     legacy = cache / "models" / "tiny-legacy"
