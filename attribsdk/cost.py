@@ -2,7 +2,7 @@
 
 * :class:`Pricing`: per-call prices from ``genai-prices`` (cached-input aware), overridable per model
   with :class:`Price`. A model with no known price costs ``None`` plus an :class:`UnknownPriceWarning`,
-  never a silent $0. Local models (``local:``) cost $0.
+  never a silent $0. Local models (``local:``) and the ``test:`` double cost $0.
 * :class:`Budget`: ``max_usd`` / ``max_calls``, checked before each call against a worst-case
   estimate (input tokens bounded by the prompt's UTF-8 bytes, output = ``max_tokens``), with
   in-flight calls reserved, so concurrent calls cannot overshoot it together.
@@ -48,8 +48,9 @@ logger = logging.getLogger("attribsdk.cost")
 #: Where prices come from, with the version of the bundled price data.
 PRICE_SOURCE = f"genai-prices {genai_prices.__version__}"
 
-#: Providers whose calls cost nothing (they run on the user's machine).
-FREE_PROVIDERS = frozenset({"local"})
+#: Providers whose calls cost nothing: ``local:`` models run on the user's machine, ``test:`` is
+#: :class:`~attribsdk.adapters.wrappers.TestModel`'s canned answer.
+FREE_PROVIDERS = frozenset({"local", "test"})
 
 _MTOK = 1_000_000
 
@@ -119,7 +120,7 @@ class Pricing:
 
         ``response_model`` is the versioned name the provider answered with; it is tried first.
         ``model_name`` is a :attr:`ClosedModel.name <attribsdk.adapters.base.ClosedModel.name>`:
-        ``local:`` models are free; a name without a ``provider:`` prefix (a custom model's) has
+        ``local:`` and ``test:`` models are free; a name without a ``provider:`` prefix (a custom model's) has
         no known price unless it is overridden.
         """
         provider, model = _split_name(model_name)

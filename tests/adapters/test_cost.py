@@ -101,6 +101,19 @@ def test_unknown_model_costs_none_with_one_warning() -> None:
     assert pricing.cost("local:smollm2", Usage(input_tokens=5, output_tokens=5)) == 0.0
 
 
+def test_the_test_double_is_free_unless_priced() -> None:
+    usage = Usage(input_tokens=5, output_tokens=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a TestModel in a user's tests costs $0 and warns nothing
+        assert Pricing().cost(TestModel().name, usage) == 0.0
+    # an override prices it (e.g. to rehearse a budget without a paid model)
+    priced = Pricing({"test:model": Price(input_mtok=1e6, output_mtok=0.0)})
+    assert priced.cost("test:model", usage) == 5.0
+    # a FunctionModel's function may call a paid API: its cost stays unknown, said loudly
+    with pytest.warns(UnknownPriceWarning, match="function:model"):
+        assert Pricing().cost("function:model", usage) is None
+
+
 def test_a_custom_models_bare_name_is_not_priced_as_free() -> None:
     pricing = Pricing()
     usage = Usage(input_tokens=5, output_tokens=5)
@@ -184,7 +197,7 @@ async def test_cost_report_aggregates_and_round_trips() -> None:
     assert again.report().model_dump(exclude={"price_source"}) == report.model_dump(exclude={"price_source"})
 
     with pytest.warns(UnknownPriceWarning):
-        ledger.record_completion("test:unpriced", paid)
+        ledger.record_completion("custom:unpriced", paid)
     assert ledger.report().cost_usd is None and ledger.report().unpriced_calls == 1
 
 
@@ -258,7 +271,7 @@ async def test_max_calls_and_free_cache_hits(
 
 
 async def test_unknown_price_with_dollar_budget_is_refused_up_front() -> None:
-    model = build_closed_model(TestModel(), budget=Budget(max_usd=1.0))
+    model = build_closed_model(TestModel(name="custom:model"), budget=Budget(max_usd=1.0))
     with pytest.raises(ConfigError, match="price is unknown"):
         await model.generate(ask(), PARAMS)
     assert model.adapter.calls == []  # type: ignore[attr-defined]

@@ -173,6 +173,14 @@ def test_sync_wrapper(tiny: Any) -> None:
         res = ex.explain_sync(QUESTION, CONTEXT, features="sentences")
         many = ex.explain_many_sync([{"question": QUESTION, "context": CONTEXT}])
     assert isinstance(res, Explanation) and isinstance(many[0], Explanation)
+    # the blocking wrappers run the same explanation as the async API (same seed, same numbers)
+    assert many[0].coefficients == res.coefficients and many[0].answer == res.answer == "Paris."
+
+    async def explain_async() -> Explanation:
+        async with Explainer(closed=TestModel("Paris."), surrogate=tiny, cache=False) as ex:
+            return await ex.explain(QUESTION, CONTEXT, features="sentences")
+
+    assert anyio.run(explain_async).coefficients == res.coefficients
     with pytest.raises(ConfigError, match="with Explainer"):
         Explainer(closed=TestModel("x"), surrogate=tiny).explain_sync(QUESTION, CONTEXT)
 
@@ -192,11 +200,18 @@ async def test_methods_and_kernels_run(tiny: Any, method: str) -> None:
         assert res.samples is not None
         if method == "rope-lime-loo":
             assert len(res.samples.masks) == m + 1
+        # the default RWMD kernel: the unmasked row is at distance 0, the masked rows farther
+        assert res.samples.distances[0] == pytest.approx(0.0, abs=1e-9)
+        assert min(res.samples.distances[1:]) > 0 and len(set(res.samples.weights)) > 1
         from attribsdk import RopeLime
+        from attribsdk.locality import CosineKernel, NoKernel
 
-        for kernel in ("cosine", "none"):
-            r2 = await ex.explain(QUESTION, CONTEXT, method=RopeLime(kernel=kernel))
-            assert r2.config["kernel"]["kind"] == kernel
+        for kernel in (CosineKernel(), NoKernel()):
+            r2 = await ex.explain(QUESTION, CONTEXT, method=RopeLime(kernel=kernel.kind))
+            assert r2.config["kernel"]["kind"] == kernel.kind and r2.samples is not None
+            # the fit used this kernel's weights on this run's masks
+            expected = kernel.weights(np.array(r2.samples.masks, dtype=bool)).weights
+            np.testing.assert_allclose(r2.samples.weights, expected, rtol=1e-12)
 
 
 def test_anyio_run_from_plain_code(tiny: Any) -> None:
@@ -204,7 +219,9 @@ def test_anyio_run_from_plain_code(tiny: Any) -> None:
         async with Explainer(closed=TestModel("Paris."), surrogate=tiny, cache=False) as ex:
             return await ex.explain(QUESTION, CONTEXT)
 
-    assert isinstance(anyio.run(go, backend="trio"), Explanation)
+    under_trio = anyio.run(go, backend="trio")
+    assert isinstance(under_trio, Explanation)
+    assert under_trio.coefficients == anyio.run(go, backend="asyncio").coefficients
 
 
 async def test_explain_many_progress_bar_and_aggregate_cost(
