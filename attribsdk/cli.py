@@ -48,7 +48,14 @@ def explain(
         typer.Option("--context-file", "-f", help="Read a context document from a file (repeatable)."),
     ] = None,
     features: Annotated[str, typer.Option(help="words | sentences | paragraphs | documents")] = "sentences",
-    method: Annotated[str, typer.Option(help="rope-lime | rope-lime-loo")] = "rope-lime",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="rope-lime, rope-lime-loo; closed-loop: gsmile, closed-loo; white-box on the surrogate: "
+            "saliency, input-x-gradient, integrated-gradients, attention, occlusion, random, heat, "
+            "grad-ellm, gilot"
+        ),
+    ] = "rope-lime",
     closed: Annotated[
         str, typer.Option(help="Closed model, e.g. local:smollm2, openai:gpt-4o-mini")
     ] = "local:smollm2",

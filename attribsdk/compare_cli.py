@@ -56,7 +56,7 @@ def compare(
         str | None,
         typer.Option(
             help="Score on Ray actors: 'local', 'auto', host:6379 or ray://host:10001 "
-            "(pip install 'attribsdk[ray]'). Closed calls stay in this process."
+            "(pip install 'attribsdk\\[ray]'). Closed calls stay in this process."
         ),
     ] = None,
     ray_actors: Annotated[

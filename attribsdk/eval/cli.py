@@ -77,7 +77,7 @@ RayAddress = Annotated[
     str | None,
     typer.Option(
         help="Score on Ray actors: 'local' (start a local cluster), 'auto', host:6379 or ray://host:10001 "
-        "(pip install 'attribsdk[ray]'). Closed calls stay in this process."
+        "(pip install 'attribsdk\\[ray]'). Closed calls stay in this process."
     ),
 ]
 RayActors = Annotated[

@@ -43,10 +43,26 @@ def test_option_and_file_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2 and f"cannot read {latin1}: not UTF-8 text" in result.stderr
     result = runner.invoke(app, ["explain", "Q?", "-c", "Some text.", "--top", "0"])
     assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "Invalid value for '--top'" in result.stderr  # refused by the option, no model loaded
 
 
 def test_help_lists_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for cmd in ("explain", "demo"):
+    for cmd in ("explain", "demo", "cache", "bench", "compare"):
         assert cmd in result.output
+
+
+def test_explain_help_names_every_method() -> None:
+    from attribsdk.methods import METHODS
+
+    result = runner.invoke(app, ["explain", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert all(name in text for name in METHODS), [n for n in METHODS if n not in text]
+
+
+@pytest.mark.parametrize("command", [["compare"], ["bench", "run"]])
+def test_help_keeps_square_brackets(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0 and "'attribsdk[ray]'" in result.output  # not eaten as rich markup
