@@ -284,6 +284,7 @@ async def test_default_rope_lime_on_a_real_tiny_model() -> None:
     assert cits.sentences[0].token_start == 0 and cits.sentences[1].token_end == len(
         cits.explanation.answer_tokens
     )
+    assert sum(len(s.citations) for s in cits.sentences) >= 1  # the checks below run on something
     for s in cits.sentences:
         assert s.r2 is not None and len(s.scores) == 4
         for c in s.citations:

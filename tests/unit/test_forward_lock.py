@@ -75,8 +75,9 @@ def test_waiting_writer_blocks_new_readers() -> None:
     assert _wait_until(lambda: lock._waiting_writers == 1)
     r2 = threading.Thread(target=reader, args=("r2", False))
     r2.start()
-    threading.Event().wait(0.05)
-    assert order == ["r1"]  # r2 queued behind the waiting writer
+    # r2 is parked on the lock's condition beside the writer (not merely not scheduled yet)
+    assert _wait_until(lambda: len(lock._cond._waiters) == 2)  # type: ignore[attr-defined]
+    assert order == ["r1"] and lock._readers == 1  # r2 queued behind the waiting writer
     release.set()
     for t in (r1, w, r2):
         t.join(5)
@@ -95,6 +96,7 @@ def test_exclusive_is_exclusive() -> None:
 
         t = threading.Thread(target=other)
         t.start()
-        assert not got.wait(0.1)
+        assert _wait_until(lambda: len(lock._cond._waiters) == 1)  # type: ignore[attr-defined]
+        assert not got.is_set()  # parked on the lock, not merely not scheduled yet
     assert got.wait(5)
     t.join()

@@ -246,9 +246,11 @@ async def test_gsmile_budget_stops_the_closed_loop(tiny: Any) -> None:
     async with Explainer(
         closed=closed, surrogate=tiny, method="gsmile", budget=Budget(max_calls=10), pricing=FREE
     ) as ex:
-        with pytest.raises(BudgetExceeded):
+        with pytest.raises(BudgetExceeded, match="max_calls=10") as info:
             await ex.explain(QUESTION, features="words")
-    assert len(closed.calls) <= 10
+    # the answer and 9 perturbations were sent (nothing is cached), the 11th call was refused unsent
+    # (calls still in flight at the refusal count against max_calls but not in ``calls`` yet)
+    assert len(closed.calls) == 10 and info.value.max_calls == 10 and 1 <= info.value.calls <= 10
 
 
 async def test_gsmile_uses_truncated_answers() -> None:

@@ -173,8 +173,15 @@ def test_polar_cost_matrix_matches_pairwise(monkeypatch: pytest.MonkeyPatch) -> 
     rng = np.random.default_rng(4)
     a = [random_span(rng, 10) for _ in range(7)]
     b = [random_span(rng, 10) for _ in range(5)]
-    expected = np.array([[polar_distance(x, y, 0.7) for y in b] for x in a])
+
+    def reference(x: PolarSpan, y: PolarSpan, beta: float) -> float:
+        # written independently: the phase difference wrapped through the unit circle
+        wrapped = np.angle(np.exp(1j * (x.phase - y.phase)))
+        return float(np.sqrt(np.sum((x.magnitude - y.magnitude) ** 2) + beta * np.sum(wrapped**2)))
+
+    expected = np.array([[reference(x, y, 0.7) for y in b] for x in a])
     np.testing.assert_allclose(polar_cost_matrix(a, b, 0.7), expected, rtol=1e-12)
+    assert polar_distance(a[0], b[0], 0.7) == pytest.approx(expected[0, 0], rel=1e-12)
     monkeypatch.setattr(locality, "_BLOCK_ELEMENTS", 20)  # force one row per block
     np.testing.assert_allclose(polar_cost_matrix(a, b, 0.7), expected, rtol=1e-12)
     assert polar_cost_matrix([], b).shape == (0, 5)

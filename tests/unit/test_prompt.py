@@ -106,24 +106,27 @@ def test_explicit_spans_and_parts() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "error"),
+    ("kwargs", "error", "message"),
     [
-        ({"question": ""}, InputError),
-        ({"question": "Q", "context": []}, InputError),
-        ({"question": "Q", "context": "text", "features": "letters"}, FeatureError),
-        ({"question": "Q", "context": "   "}, FeatureError),
-        ({"question": "Q", "context": "abc", "features": [(2, 1)]}, FeatureError),
-        ({"question": "Q", "context": "abc", "features": [(0, 9)]}, FeatureError),
-        ({"question": "Q", "context": "abcdef", "features": [(0, 3), (2, 5)]}, FeatureError),
-        ({"question": "Q", "context": ["a b", "c"], "features": [[(0, 1)]]}, FeatureError),
-        ({"question": "Q", "context": "a", "template": "{context} {nope}"}, InputError),
-        ({"question": "Q", "context": "a", "template": "{context"}, InputError),
-        ({"question": "Q", "context": "abc", "features": [(0, 2.9)]}, FeatureError),  # not truncated
-        ({"question": "Q", "context": "a  b", "features": [(0, 1), (1, 3)]}, FeatureError),  # whitespace
+        ({"question": ""}, InputError, "question/prompt must be a non-empty string"),
+        ({"question": "Q", "context": []}, InputError, "context is an empty list"),
+        ({"question": "Q", "context": "text", "features": "letters"}, FeatureError, "granularity 'letters'"),
+        ({"question": "Q", "context": "   "}, FeatureError, "has no features"),
+        ({"question": "Q", "context": "abc", "features": [(2, 1)]}, FeatureError, r"\(2, 1\) is empty"),
+        ({"question": "Q", "context": "abc", "features": [(0, 9)]}, FeatureError, "outside the text"),
+        ({"question": "Q", "context": "abcdef", "features": [(0, 3), (2, 5)]}, FeatureError, "overlaps"),
+        ({"question": "Q", "context": ["a b", "c"], "features": [[(0, 1)]]}, FeatureError, "span list per"),
+        ({"question": "Q", "context": "a", "template": "{context} {nope}"}, InputError, r"\['nope'\]"),
+        ({"question": "Q", "context": "a", "template": "{context"}, InputError, "invalid prompt template"),
+        # not truncated to (0, 2)
+        ({"question": "Q", "context": "abc", "features": [(0, 2.9)]}, FeatureError, "pair of ints"),
+        ({"question": "Q", "context": "a  b", "features": [(0, 1), (1, 3)]}, FeatureError, "only whitespace"),
     ],
 )
-def test_bad_inputs_raise_documented_errors(kwargs: dict[str, object], error: type[Exception]) -> None:
-    with pytest.raises(error):
+def test_bad_inputs_raise_documented_errors(
+    kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
         build_prompt(**kwargs)  # type: ignore[arg-type]
 
 

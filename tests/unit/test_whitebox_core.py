@@ -71,8 +71,14 @@ async def test_method_base_checks_the_surrogate_and_options() -> None:
         await method.attribute(prompt, answer, MethodParts(scorer=None))
     with pytest.raises(ConfigError, match="bad options"):
         _Constant(unknown=1)
-    result = await method.attribute(prompt, answer, MethodParts(scorer=tiny_local_model()))
+    lm = tiny_local_model()
+    result = await method.attribute(prompt, answer, MethodParts(scorer=lm))
     assert result.coefficients.shape == (prompt.n_features,)
+    # token i scored i: a feature's coefficient is the sum of its prompt-token positions
+    spans = prepare_input(lm, prompt, answer).feature_tokens
+    expected = [float(sum(int(t) for t in idx)) if idx is not None else 0.0 for idx in spans]
+    np.testing.assert_allclose(result.coefficients, expected)
+    assert min(expected) > 0  # every feature has prompt tokens past position 0
     assert abs(result.attributions.sum() - 1) < 1e-9 and result.surrogate_sequences == 1
     assert method.config() == {"kind": "constant-test"}
 
