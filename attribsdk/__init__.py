@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# The error hierarchy has no dependencies: imported eagerly, every class exported.
+from .errors import *  # noqa: F403
+from .errors import __all__ as _error_names
+
 if TYPE_CHECKING:
     from .adapters.base import ClosedModel, Completion, GenerationParams, Message, Usage
     from .adapters.wrappers import FunctionModel, TestModel
@@ -22,27 +26,6 @@ if TYPE_CHECKING:
         with_citations,
     )
     from .cost import Budget, CallLedger, CostReport, Price, Pricing
-    from .errors import (
-        AdapterError,
-        APIStatusError,
-        AttribError,
-        AuthenticationError,
-        BudgetExceeded,
-        CacheUnavailableError,
-        ConfigError,
-        ContextWindowError,
-        FeatureError,
-        InputError,
-        InvalidResponseError,
-        LogprobsUnavailableError,
-        ModelLoadError,
-        ModelNotFoundError,
-        RateLimitError,
-        RequestTimeoutError,
-        ScoringError,
-        TransportError,
-        TruncatedOutputError,
-    )
     from .explainer import Explainer
     from .explanation import Counts, Explanation, Samples, Timings
     from .features import Feature
@@ -67,27 +50,6 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "with_citations",
     ),
     ".cost": ("Budget", "CallLedger", "CostReport", "Price", "Pricing"),
-    ".errors": (
-        "APIStatusError",
-        "AdapterError",
-        "AttribError",
-        "AuthenticationError",
-        "BudgetExceeded",
-        "CacheUnavailableError",
-        "ConfigError",
-        "ContextWindowError",
-        "FeatureError",
-        "InputError",
-        "InvalidResponseError",
-        "LogprobsUnavailableError",
-        "ModelLoadError",
-        "ModelNotFoundError",
-        "RateLimitError",
-        "RequestTimeoutError",
-        "ScoringError",
-        "TransportError",
-        "TruncatedOutputError",
-    ),
     ".explainer": ("Explainer",),
     ".explanation": ("Counts", "Explanation", "Samples", "Timings"),
     ".features": ("Feature",),
@@ -113,13 +75,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "APIStatusError",
-    "AdapterError",
-    "AttribError",
-    "AuthenticationError",
     "Budget",
-    "BudgetExceeded",
-    "CacheUnavailableError",
     "CallLedger",
     "Citation",
     "Citations",
@@ -127,8 +83,6 @@ __all__ = [
     "Citer",
     "ClosedModel",
     "Completion",
-    "ConfigError",
-    "ContextWindowError",
     "CostReport",
     "Counts",
     "Document",
@@ -136,30 +90,19 @@ __all__ = [
     "Explainer",
     "Explanation",
     "Feature",
-    "FeatureError",
     "FunctionModel",
     "GenerationParams",
-    "InputError",
-    "InvalidResponseError",
-    "LogprobsUnavailableError",
     "Message",
     "Method",
-    "ModelLoadError",
-    "ModelNotFoundError",
     "Price",
     "Pricing",
     "Prompt",
-    "RateLimitError",
-    "RequestTimeoutError",
     "RopeLime",
     "Samples",
-    "ScoringError",
     "SentenceCitations",
     "Source",
     "TestModel",
     "Timings",
-    "TransportError",
-    "TruncatedOutputError",
     "Usage",
     "__version__",
     "build_prompt",
@@ -168,3 +111,4 @@ __all__ = [
     "make_method",
     "with_citations",
 ]
+__all__ += _error_names

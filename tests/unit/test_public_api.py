@@ -12,7 +12,9 @@ import attribsdk
 
 
 def test_all_lists_exactly_the_lazy_names() -> None:
-    assert sorted(attribsdk.__all__) == sorted([*attribsdk._LAZY, "__version__"])
+    from attribsdk import errors
+
+    assert sorted(attribsdk.__all__) == sorted([*attribsdk._LAZY, *errors.__all__, "__version__"])
     assert dir(attribsdk) == sorted(attribsdk.__all__)
 
 
@@ -20,6 +22,12 @@ def test_all_lists_exactly_the_lazy_names() -> None:
 def test_each_name_is_its_modules_object(name: str) -> None:
     module = importlib.import_module(attribsdk._LAZY[name], "attribsdk")
     assert getattr(attribsdk, name) is getattr(module, name)
+
+
+def test_every_error_class_is_exported() -> None:
+    from attribsdk import errors
+
+    assert all(getattr(attribsdk, name) is getattr(errors, name) for name in errors.__all__)
 
 
 def test_errors_are_one_hierarchy_and_unknown_names_fail() -> None:
