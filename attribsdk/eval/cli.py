@@ -202,6 +202,14 @@ def report(
     out: Annotated[Path, typer.Argument(help="A benchmark output directory.")],
     reference: Reference = None,
     plots: Annotated[bool, typer.Option(help="Render PNG plots.")] = True,
+    paired: Annotated[
+        bool,
+        typer.Option(
+            "--paired/--unpaired",
+            help="Compare methods on the examples every method finished (--unpaired: all rows, "
+            "e.g. of a run still in progress).",
+        ),
+    ] = True,
     debug: Debug = False,
 ) -> None:
     """Re-render results.md, results.json and plots/ from a directory's rows.jsonl."""
@@ -209,7 +217,7 @@ def report(
     def go() -> None:
         from .report import write_report
 
-        paths = write_report(out, reference=reference, plots=plots)
+        paths = write_report(out, reference=reference, plots=plots, paired=paired)
         typer.echo(f"wrote {paths.markdown}, {paths.json} and {len(paths.plots)} plots")
 
     guard(go, debug=debug, interrupted=_INTERRUPTED)

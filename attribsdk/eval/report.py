@@ -40,6 +40,7 @@ __all__ = [
     "load_rows",
     "markdown_report",
     "metric_names",
+    "paired_rows",
     "with_groups",
     "write_report",
 ]
@@ -187,6 +188,21 @@ def per_example(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> list[
     return out
 
 
+def paired_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The rows of the examples that every method of their (dataset, surrogate) has a row for, and
+    how many examples were left out. A partial or resumed run then compares its methods on the same
+    examples rather than on whichever examples each one finished."""
+    methods: dict[tuple[str, str], set[str]] = {}
+    have: dict[tuple[str, str, str], set[str]] = {}
+    for r in rows:
+        group = (str(r["dataset"]), str(r["surrogate"]))
+        methods.setdefault(group, set()).add(str(r["method"]))
+        have.setdefault((*group, str(r["id"])), set()).add(str(r["method"]))
+    complete = {key for key, got in have.items() if got == methods[key[:2]]}
+    kept = [r for r in rows if (str(r["dataset"]), str(r["surrogate"]), str(r["id"])) in complete]
+    return kept, len(have) - len(complete)
+
+
 def _method_order(rows: Sequence[dict[str, Any]], config: dict[str, Any] | None) -> list[str]:
     labels = [str(m["label"]) for m in (config or {}).get("methods", []) if isinstance(m, dict)]
     seen = list(dict.fromkeys(labels))
@@ -214,8 +230,9 @@ def markdown_report(
     reference: ReferenceTable | None = None,
     plots: Sequence[Path] = (),
     base: Path | None = None,
+    left_out: int = 0,
 ) -> str:
-    """The markdown text of ``results.md``."""
+    """The markdown text of ``results.md``; ``left_out``: examples :func:`paired_rows` removed."""
     names = metric_names(rows)
     rows = with_groups(rows)
     aggs = aggregate_rows(rows, names)
@@ -239,6 +256,13 @@ def markdown_report(
         "`s/expl` is wall-clock seconds per explanation, `seq/expl` surrogate sequences per explanation.",
         "",
     ]
+    if left_out:
+        lines += [
+            f"Paired: {left_out} example{'s' if left_out != 1 else ''} that not every method has "
+            "finished (yet) are left out, so every method is compared on the same examples "
+            "(`attribsdk bench report --unpaired` keeps them).",
+            "",
+        ]
     for dataset, surrogate in dict.fromkeys((a["dataset"], a["surrogate"]) for a in aggs):
         sel = [a for a in aggs if a["dataset"] == dataset and a["surrogate"] == surrogate]
         sel.sort(
@@ -348,14 +372,18 @@ def write_report(
     *,
     reference: ReferenceTable | str | os.PathLike[str] | None = None,
     plots: bool = True,
+    paired: bool = True,
 ) -> ReportPaths:
     """(Re)write ``results.md``, ``results.json`` and ``plots/`` of a benchmark directory.
 
     ``reference`` is a :class:`~.reference.ReferenceTable` or a JSON file of reference points
-    (:func:`~.reference.load_reference`); the built-in points are always included.
+    (:func:`~.reference.load_reference`); the built-in points are always included. ``paired``:
+    tables and plots use only the examples every method finished (:func:`paired_rows`);
+    ``results.json`` keeps every row either way.
     """
     out = Path(out_dir)
-    rows = load_rows(out)
+    all_rows = load_rows(out)
+    rows, left_out = paired_rows(all_rows) if paired else (all_rows, 0)
     config_path = out / CONFIG_FILE
     config: dict[str, Any] | None = json.loads(config_path.read_text()) if config_path.is_file() else None
     if isinstance(reference, ReferenceTable):
@@ -373,7 +401,9 @@ def write_report(
                 if _plot(grouped, dataset, surrogate, metric, methods, refs, path):
                     plot_paths.append(path)
     md_path = out / RESULTS_MD
-    md_path.write_text(markdown_report(rows, config=config, reference=refs, plots=plot_paths, base=out))
+    md_path.write_text(
+        markdown_report(rows, config=config, reference=refs, plots=plot_paths, base=out, left_out=left_out)
+    )
     aggs = [
         {
             **a,
@@ -390,8 +420,10 @@ def write_report(
         "metrics": names,
         "methods": methods,
         "aggregates": aggs,
+        "paired": paired,
+        "left_out_examples": left_out,
         "reference": refs.to_json(),
-        "rows": rows,
+        "rows": all_rows,
     }
     tmp = json_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(json_safe(payload), indent=1, default=str, allow_nan=False))

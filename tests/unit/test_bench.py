@@ -28,7 +28,14 @@ from attribsdk.eval.cli import app
 from attribsdk.eval.datasets import load_hotpotqa, load_jsonl
 from attribsdk.eval.faithfulness import FaithfulnessConfig
 from attribsdk.eval.reference import ReferencePoint, ReferenceTable, load_reference
-from attribsdk.eval.report import aggregate_rows, load_rows, markdown_report, with_groups, write_report
+from attribsdk.eval.report import (
+    aggregate_rows,
+    load_rows,
+    markdown_report,
+    paired_rows,
+    with_groups,
+    write_report,
+)
 from attribsdk.explainer import placement_applies
 from tests.tiny_models import tiny_local_model
 
@@ -328,6 +335,36 @@ def test_seeds_of_one_example_are_averaged_before_the_statistics() -> None:
     assert agg["seconds"].mean == pytest.approx(2.5)
     md = markdown_report(rows)
     assert "| all | m | 2 | 0.600 ± 0.424 | 0.500 (n=1) | 2.50 | 10.0 |" in md
+
+
+def test_reports_compare_methods_on_the_examples_all_of_them_finished(tmp_path: Path) -> None:
+    def row(example: str, method: str, iou: float) -> dict[str, Any]:
+        return {
+            "dataset": "d", "surrogate": "s", "method": method, "bucket": "4-5", "m": 4,
+            "id": example, "seed": 0, "metrics": {"iou": iou}, "seconds": 1.0, "sequences": 10,
+        }  # fmt: skip
+
+    # "b" is still running on the last example (as in a run interrupted or still going)
+    rows = [row("e1", "a", 0.2), row("e1", "b", 0.4), row("e2", "a", 0.6), row("e2", "b", 0.8)]
+    rows += [row("e3", "a", 1.0), row("other", "c", 0.0)]  # another surrogate's rows pair on their own
+    rows[-1]["surrogate"] = "t"
+    kept, left_out = paired_rows(rows)
+    assert left_out == 1 and [r["id"] for r in kept] == ["e1", "e1", "e2", "e2", "other"]
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_report(out, plots=False)
+    md = (out / "results.md").read_text()
+    assert "| all | a | 2 | 0.400 ± 0.283 |" in md and "| all | b | 2 | 0.600 ± 0.283 |" in md
+    assert "Paired: 1 example that not every method has finished" in md
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["left_out_examples"] == 1 and len(saved["rows"]) == 6  # every row stays on record
+
+    result = CliRunner().invoke(app, ["report", str(out), "--unpaired", "--no-plots"])
+    assert result.exit_code == 0, result.output
+    md = (out / "results.md").read_text()
+    assert "| all | a | 3 | 0.600 ± 0.400 |" in md and "Paired:" not in md
 
 
 def test_reference_loader(tmp_path: Path) -> None:
