@@ -24,9 +24,11 @@ def _run_explain(
     kwargs: dict[str, Any], explainer_kwargs: dict[str, Any], as_json: bool, top: int | None
 ) -> None:
     from .explainer import Explainer
+    from .views.progress import progress_enabled
 
     with Explainer(**explainer_kwargs) as ex:
-        res = ex.explain_sync(**kwargs)
+        # a bar on a terminal for every method: scoring a long context on a CPU takes minutes
+        res = ex.explain_sync(**kwargs, progress=progress_enabled(None))
     if as_json:
         typer.echo(res.model_dump_json(indent=2))
     elif sys.stdout.isatty():  # a person is reading: the rich view; pipes get the plain table

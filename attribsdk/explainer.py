@@ -297,7 +297,9 @@ class Explainer:
         Features are the context's ``features`` (granularity or explicit spans) or, without a
         context, the question's. When ``answer`` is given the closed model is not called.
         ``progress`` shows a bar on stderr while the method runs, counting the closed calls of
-        closed-loop methods (``None``: for closed-loop methods when stderr is a terminal).
+        closed-loop methods and the scored surrogate sequences of the others (``None``: for
+        closed-loop methods when stderr is a terminal; ``attribsdk explain`` shows it for every
+        method there).
         """
         t0 = time.perf_counter()
         prompt = build_prompt(
@@ -385,7 +387,7 @@ class Explainer:
             # auto: only closed-loop methods, whose many paid calls are the long part
             progress if progress is not None else (needs_closed and progress_enabled(None)),
             description=f"{meth.name}: {prompt.n_features} features"
-            + (", closed calls" if needs_closed else ""),
+            + (", closed calls" if needs_closed else ", surrogate sequences"),
             stderr=True,
         )
         try:
@@ -394,7 +396,13 @@ class Explainer:
             closed: ClosedModel | None = await self.closed_model() if needs_closed else None
             if closed is not None:
                 closed = _CountingModel(closed, bar)
-            parts = MethodParts(scorer=scorer, closed=closed, params=self.params, seed=seed_v)
+            parts = MethodParts(
+                scorer=scorer,
+                closed=closed,
+                params=self.params,
+                seed=seed_v,
+                progress=None if needs_closed else bar,
+            )
             result = await meth.attribute(prompt, completion.text, parts)
         except AttribError as exc:
             exc.partial.setdefault("completion", completion)

@@ -7,6 +7,7 @@ closed model for closed-loop methods) and returns a :class:`MethodResult`; the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,6 +30,8 @@ class MethodParts:
     closed: ClosedModel | None = None
     params: GenerationParams = field(default_factory=GenerationParams)
     seed: int = 0
+    #: Told how many more surrogate sequences were scored (``ScoringRequest.on_progress``).
+    progress: Callable[[int], object] | None = None
 
 
 @dataclass

@@ -112,7 +112,9 @@ class RopeLime:
         capture = None
         if cfg.kernel.needs_spans:
             capture = CaptureSpec(layer=cfg.layer, which=cfg.capture, pool=polar_pool)  # type: ignore[arg-type]
-        request = ScoringRequest(prompts=rendered, answer=answer, target=cfg.target, capture=capture)
+        request = ScoringRequest(
+            prompts=rendered, answer=answer, target=cfg.target, capture=capture, on_progress=parts.progress
+        )
         t0 = time.perf_counter()
         scores = await anyio.to_thread.run_sync(parts.scorer.score, request)
         timings["scoring"] = time.perf_counter() - t0

@@ -36,12 +36,18 @@ class CaptureSpec:
 
 @dataclass(frozen=True)
 class ScoringRequest:
-    """Score ``answer`` under every prompt. ``prompts[0]`` must be the unmasked reference."""
+    """Score ``answer`` under every prompt. ``prompts[0]`` must be the unmasked reference.
+
+    ``on_progress(n)`` (optional) is told each time ``n`` more prompts are scored; it may be
+    called from a worker thread, must be quick, and anything it raises is ignored. It stays in
+    this process (a Ray pool calls it once the whole request is back).
+    """
 
     prompts: Sequence[RenderedPrompt]
     answer: str
     target: str = "kl"
     capture: CaptureSpec | None = None
+    on_progress: Callable[[int], object] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass

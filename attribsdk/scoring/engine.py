@@ -26,6 +26,7 @@ How the work is laid out (each step measured on the HotpotQA dev data, see bench
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import resource
 import sys
@@ -410,10 +411,17 @@ class Scheduler:
     def complete(self, items: list[Item], *, keep_cache: bool) -> list[Job]:
         """Account for a batch :meth:`run` finished; returns the jobs that finished (result or error)
         and stops tracking them once none of their rows is in flight."""
+        scored: dict[int, int] = {}
         for job, _ in items:
             job.inflight -= 1
             if keep_cache and job.error is None:
                 job.ref_done = True
+            if job.error is None:
+                scored[id(job)] = scored.get(id(job), 0) + 1
+        for job in {id(j): j for j, _ in items}.values():
+            if job.request.on_progress is not None and scored.get(id(job)):
+                with contextlib.suppress(Exception):  # a progress display must never fail scoring
+                    job.request.on_progress(scored[id(job)])
         finished: list[Job] = []
         for job in {id(j): j for j, _ in items}.values():
             if job.reported:

@@ -29,6 +29,8 @@ must be present on every node.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -315,7 +317,8 @@ class RayScorer:
             actor = self._acquire()
             where = f"Ray actor {actor.index} (pid {actor.pid} on {actor.host})"
             try:
-                ref = self._actors[actor.index].score.remote(request)
+                # the progress callback stays here (it cannot travel); told once the result is back
+                ref = self._actors[actor.index].score.remote(dataclasses.replace(request, on_progress=None))
                 result, error, pid = ray.get(ref)
             except ray.exceptions.RayActorError as exc:
                 gone = isinstance(exc, ray.exceptions.ActorDiedError)
@@ -357,6 +360,9 @@ class RayScorer:
                 raise _unpack_error(error, where)
             assert isinstance(result, ScoreResult)
             result.extras["ray_actor"] = actor.index
+            if request.on_progress is not None:
+                with contextlib.suppress(Exception):  # a progress display must never fail scoring
+                    request.on_progress(len(request.prompts))
             return result
 
     def _acquire(self) -> RayActorInfo:

@@ -348,3 +348,16 @@ def test_a_request_that_cannot_be_sent_fails_typed_and_frees_the_actor(
         with pytest.raises(ScoringError, match=r"(?i)pickle"):
             pool.score(request)
         assert pool.actors[0].in_flight == 0 and pool.stats.failed == 1
+
+        # a progress callback (here one holding a lock, so it could not travel) stays in this
+        # process and is told when the result is back
+        ticks: list[int] = []
+
+        def on_progress(n: int) -> None:
+            with held:
+                ticks.append(n)
+
+        two = build_prompt("Q?", "Paris is large. It is on the Seine.")
+        rendered = [two.render(), two.render([True, False])]
+        result = pool.score(ScoringRequest(prompts=rendered, answer="A.", on_progress=on_progress))
+        assert ticks == [2] and result.n_sequences == 2 and pool.stats.finished == 1

@@ -385,6 +385,30 @@ def test_closing_with_lanes_fails_queued_requests() -> None:
             future.result(timeout=10)
 
 
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_progress_counts_every_scored_prompt_once(lanes: int) -> None:
+    lm = tiny_local_model(lanes=lanes)
+    lm.batch_limits = BatchLimits(max_sequences=3, max_tokens=10_000)  # several batches per request
+    ticks: list[int] = []
+    lock = threading.Lock()
+
+    def on_progress(n: int) -> None:
+        with lock:
+            ticks.append(n)
+
+    request = ScoringRequest(prompts=prompts(n=10), answer=ANSWER, on_progress=on_progress)
+    result = lm.score(request)
+    assert sum(ticks) == 10 == result.n_sequences and len(ticks) == result.extras["batches"]
+    assert max(ticks) <= 3  # told per micro-batch, not once at the end
+
+    def broken(n: int) -> None:
+        raise RuntimeError("display gone")
+
+    again = lm.score(ScoringRequest(prompts=prompts(n=10), answer=ANSWER, on_progress=broken))
+    np.testing.assert_allclose(again.targets, result.targets, rtol=1e-6, atol=1e-7)  # scoring unaffected
+    lm.close()
+
+
 def test_lanes_must_be_positive() -> None:
     from attribsdk.errors import ConfigError
 

@@ -236,6 +236,16 @@ async def test_explain_many_progress_bar_and_aggregate_cost(
     assert "3/3" in capsys.readouterr().err  # bars go to stderr, results to stdout
 
 
+async def test_progress_counts_the_surrogate_sequences(tiny: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    async with Explainer(closed=TestModel("Paris."), surrogate=tiny, cache=False) as ex:
+        quiet = await ex.explain(QUESTION, CONTEXT)  # auto: no bar for a surrogate method
+        assert capsys.readouterr().err == ""
+        res = await ex.explain(QUESTION, CONTEXT, progress=True)
+    err = capsys.readouterr().err
+    assert "surrogate sequences" in err and f"{res.counts.surrogate_sequences}/" in err
+    assert res.counts.surrogate_sequences > 1 and res.coefficients == quiet.coefficients
+
+
 async def test_explain_many_batches_examples_together_with_identical_results() -> None:
     lm = tiny_local_model(seed=3)
     examples = [
