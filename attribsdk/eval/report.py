@@ -259,7 +259,8 @@ def markdown_report(
     if left_out:
         lines += [
             f"Paired: {left_out} example{'s' if left_out != 1 else ''} that not every method has "
-            "finished (yet) are left out, so every method is compared on the same examples "
+            f"finished (yet) {'is' if left_out == 1 else 'are'} left out, so every method is compared "
+            "on the same examples "
             "(`attribsdk bench report --unpaired` keeps them).",
             "",
         ]
