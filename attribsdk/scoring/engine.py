@@ -32,6 +32,7 @@ import resource
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -411,19 +412,17 @@ class Scheduler:
     def complete(self, items: list[Item], *, keep_cache: bool) -> list[Job]:
         """Account for a batch :meth:`run` finished; returns the jobs that finished (result or error)
         and stops tracking them once none of their rows is in flight."""
-        scored: dict[int, int] = {}
         for job, _ in items:
             job.inflight -= 1
             if keep_cache and job.error is None:
                 job.ref_done = True
-            if job.error is None:
-                scored[id(job)] = scored.get(id(job), 0) + 1
-        for job in {id(j): j for j, _ in items}.values():
-            if job.request.on_progress is not None and scored.get(id(job)):
-                with contextlib.suppress(Exception):  # a progress display must never fail scoring
-                    job.request.on_progress(scored[id(job)])
+        jobs = {id(j): j for j, _ in items}
+        rows_per_job = Counter(id(j) for j, _ in items)
         finished: list[Job] = []
-        for job in {id(j): j for j, _ in items}.values():
+        for key, job in jobs.items():
+            if job.error is None and job.request.on_progress is not None:
+                with contextlib.suppress(Exception):  # a progress display must never fail scoring
+                    job.request.on_progress(rows_per_job[key])
             if job.reported:
                 continue
             if job.error is not None:

@@ -560,6 +560,11 @@ class _Source:
     #: Writes the GGUF into the given scratch directory and returns its path.
     materialize: Callable[[Path], Path] | None = None
 
+    @property
+    def origin(self) -> str:
+        """What a conversion's marker records as its source: the GGUF file, else the model name."""
+        return str(self.path or self.name)
+
 
 def _file_fingerprint(path: Path) -> str:
     st = path.stat()
@@ -760,7 +765,7 @@ def _convert_gguf(source: _Source, target: Path) -> None:
         _save_plain(model, tokenizer, staged)
         del model
         marker = {
-            "source": str(source.path or source.name),
+            "source": source.origin,
             "fingerprint": source.fingerprint,
             "format": _CACHE_FORMAT,
         }
@@ -783,7 +788,7 @@ def _is_stale(marker: dict[str, Any], source: _Source) -> bool:
     if fmt.isdigit() and int(fmt) < int(_CACHE_FORMAT):
         return True
     origin, fingerprint = str(marker.get("source", "")), str(marker.get("fingerprint", ""))
-    if origin == str(source.path or source.name) and fingerprint != source.fingerprint:
+    if origin == source.origin and fingerprint != source.fingerprint:
         return True
     path = Path(origin)
     if path.is_absolute() and fingerprint.startswith(origin + "|"):
