@@ -35,7 +35,7 @@ test-fast: install
 	$(PY) -m pytest -m "not integration"
 
 lint: install
-	$(VENV)/bin/ruff check attribsdk tests benchmarks examples
+	$(VENV)/bin/ruff check attribsdk tests benchmarks examples scripts
 	$(VENV)/bin/mypy
 
 bench: install

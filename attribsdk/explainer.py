@@ -25,6 +25,7 @@ from .cache import CacheBackend
 from .cost import Budget, CallLedger, CostReport, Pricing
 from .errors import AttribError, ConfigError, InputError, ScoringError, callback_failed
 from .explanation import Counts, Explanation, Timings
+from .features import Span
 from .methods import Method, MethodParts, make_method
 from .prompt import Example, Prompt, build_prompt
 from .views.progress import progress_bar, progress_enabled
@@ -186,7 +187,7 @@ class Explainer:
             self._init_lock = anyio.Lock()
         return self._init_lock
 
-    async def closed_model(self) -> ClosedModel:
+    async def closed_model(self) -> ClosedModelStack:
         """The closed model, wrapped in cache → budget/ledger → limiter (built on first use)."""
         if self._closed_flag:
             raise ConfigError("this Explainer is closed")
@@ -282,7 +283,7 @@ class Explainer:
         question: str,
         context: str | Sequence[str] | None = None,
         *,
-        features: str | Sequence[tuple[int, int]] | Sequence[Sequence[tuple[int, int]]] = "sentences",
+        features: str | Sequence[Span] | Sequence[Sequence[Span]] = "sentences",
         answer: str | None = None,
         system: str | None = None,
         template: str | None = None,

@@ -10,13 +10,17 @@ from __future__ import annotations
 import numbers
 import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, SupportsIndex, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import FeatureError
 
-__all__ = ["Feature", "Granularity", "Part", "segment_text"]
+__all__ = ["Feature", "Granularity", "Part", "Span", "segment_text"]
+
+#: A ``(start, end)`` character span; any integers (numpy ones too, spans often come from array
+#: arithmetic), never booleans.
+Span: TypeAlias = tuple[SupportsIndex, SupportsIndex]
 
 Granularity = Literal["words", "sentences", "paragraphs", "documents"]
 GRANULARITIES: tuple[str, ...] = ("words", "sentences", "paragraphs", "documents")
@@ -103,7 +107,7 @@ def segment_text(text: str, granularity: str, *, language: str = "en") -> list[t
     )
 
 
-def parts_from_spans(text: str, spans: Sequence[tuple[int, int]]) -> list[Part]:
+def parts_from_spans(text: str, spans: Sequence[Span]) -> list[Part]:
     """Cut ``text`` into alternating fixed and feature parts at ``spans`` (validated)."""
     parts: list[Part] = []
     pos = 0

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .adapters.base import Message
 from .errors import FeatureError, InputError
-from .features import Feature, Part, parts_from_spans, segment_text
+from .features import Feature, Part, Span, parts_from_spans, segment_text
 
 __all__ = ["DEFAULT_TEMPLATE", "Document", "Example", "Prompt", "RenderedPrompt", "build_prompt"]
 
@@ -130,8 +130,8 @@ class Prompt(BaseModel):
         return sum(p.feature for d in self.documents for p in d.parts)
 
     # -- rendering --------------------------------------------------------------------------
-    def render(self, keep: Sequence[bool] | np.ndarray | None = None) -> RenderedPrompt:
-        """Messages with the features where ``keep[i]`` is false deleted (``None``: keep all)."""
+    def render(self, keep: Sequence[bool] | Sequence[int] | np.ndarray | None = None) -> RenderedPrompt:
+        """Messages with the features where ``keep[i]`` is false (or 0) deleted (``None``: keep all)."""
         m = self.n_features
         keep_t = tuple(bool(k) for k in (keep if keep is not None else [True] * m))
         if len(keep_t) != m:
@@ -218,11 +218,10 @@ def _render_document(
     return "".join(out), spans, f_idx
 
 
-def _doc_from_spec(
-    text: str, granularity: str | Sequence[tuple[int, int]], slot: str, language: str
-) -> Document:
+def _doc_from_spec(text: str, granularity: str | Sequence[Span], slot: str, language: str) -> Document:
     if not isinstance(text, str):
         raise InputError(f"documents must be strings, got {type(text).__name__}")
+    spans: Sequence[Span]
     if isinstance(granularity, str):
         spans = segment_text(text, granularity, language=language)
     else:
@@ -234,7 +233,7 @@ def build_prompt(
     question: str,
     context: str | Sequence[str] | None = None,
     *,
-    features: str | Sequence[tuple[int, int]] | Sequence[Sequence[tuple[int, int]]] = "sentences",
+    features: str | Sequence[Span] | Sequence[Sequence[Span]] = "sentences",
     system: str | None = None,
     template: str | None = None,
     explain_question: bool = False,
@@ -271,8 +270,8 @@ def build_prompt(
 
 
 def _spans_for(
-    features: str | Sequence[tuple[int, int]] | Sequence[Sequence[tuple[int, int]]], i: int, n: int
-) -> str | Sequence[tuple[int, int]]:
+    features: str | Sequence[Span] | Sequence[Sequence[Span]], i: int, n: int
+) -> str | Sequence[Span]:
     if isinstance(features, str):
         return features
     items = list(features)

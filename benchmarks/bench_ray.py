@@ -20,6 +20,7 @@ Writes ``benchmarks/results/ray.json`` and prints a markdown table. Run:
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import time
@@ -89,7 +90,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     out["local_1_thread"] = local
     print(f"local engine, 1 thread: {local['examples_per_s']:.3f} examples/s", flush=True)
 
-    ray.init(num_cpus=max(args.actors), include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.init(num_cpus=max(args.actors), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     runs = []
     try:
         for k in args.actors:

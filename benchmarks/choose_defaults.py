@@ -34,10 +34,10 @@ from attribsdk.eval.datasets import load_hotpotqa
 from attribsdk.eval.metrics import auroc, iou_at_k
 from attribsdk.locality import RWMDKernel
 from attribsdk.regression import normalize_attributions
-from attribsdk.sampling import SparseK
+from attribsdk.sampling import CRule, KRule, SparseK
 
-K_RULES = ["sqrt", "2sqrt", "4sqrt"]
-C_RULES = ["min(M,16k)", "M", "min(M,8k)", "0.5M", "0.25M", "min(M,4k)"]
+K_RULES: list[KRule] = ["sqrt", "2sqrt", "4sqrt"]
+C_RULES: list[CRule] = ["min(M,16k)", "M", "min(M,8k)", "0.5M", "0.25M", "min(M,4k)"]
 
 
 def settings(sweep: str, n_layers: int) -> dict[str, dict[str, Any]]:
@@ -51,7 +51,7 @@ def settings(sweep: str, n_layers: int) -> dict[str, dict[str, Any]]:
     if sweep == "kc":
         return {f"k={k},c={c}": {"sampler": SparseK(k=k, c=c)} for k in K_RULES for c in C_RULES}
     if sweep == "kc-small":
-        return {f"k={k},c={c}": {"sampler": SparseK(k=k, c=c)} for k in K_RULES for c in ("M", "0.5M")}
+        return {f"k={k},c={c}": {"sampler": SparseK(k=k, c=c)} for k in K_RULES for c in C_RULES if c in ("M", "0.5M")}
     if sweep == "target":
         return {f"target={t}": {"target": t} for t in ("kl", "delta_nll")}
     raise SystemExit(f"unknown sweep {sweep}")

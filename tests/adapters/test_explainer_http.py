@@ -81,5 +81,4 @@ async def test_a_ready_http_adapter_is_cached_by_default(
     assert counts == [(1, 0), (0, 1)] and server.calls("/v1/chat/completions") == 1
     # a ready model that is not an HTTP adapter is not cached unless asked
     async with Explainer(closed=TestModel("Paris."), surrogate=tiny) as ex:
-        stack = await ex.closed_model()
-        assert stack.cache is None
+        assert (await ex.closed_model()).cache is None

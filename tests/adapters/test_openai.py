@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import pytest
 
@@ -221,12 +222,12 @@ async def test_wrong_schema_is_invalid_response(server: FakeLLMServer) -> None:
 
 @pytest.mark.parametrize("api", ["chat", "responses"])
 async def test_an_answer_without_usage_is_kept_not_paid_twice(
-    server: FakeLLMServer, fast_retry: RetryPolicy, api: str
+    server: FakeLLMServer, fast_retry: RetryPolicy, api: Literal["chat", "responses"]
 ) -> None:
     server.inject(Fault(no_usage=True))
     model = OpenAIModel(
         f"usage-less-{api}", base_url=server.openai_base_url, api_key=SECRET, retry=fast_retry, api=api
-    )  # type: ignore[arg-type]
+    )
     try:
         with pytest.warns(MissingUsageWarning, match="no token usage"):
             completion = await model.generate(MESSAGES, PARAMS)

@@ -180,7 +180,7 @@ def test_backoff_is_capped_then_jittered() -> None:
     wait = _Wait(policy)
 
     def waits(attempt: int) -> list[float]:
-        state = tenacity.RetryCallState(None, None, (), {})
+        state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
         state.attempt_number = attempt
         return [wait(state) for _ in range(200)]
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from attribsdk.eval.datasets import load_dataset
-from attribsdk.locality import polar_pool
+from attribsdk.locality import PolarSpan, polar_pool
 from attribsdk.sampling import make_sampler
 from attribsdk.scoring.base import CaptureSpec, ScoringRequest
 from attribsdk.scoring.engine import score_request
@@ -47,6 +47,7 @@ def _check(lm: LocalModel, request: ScoringRequest) -> dict[str, Any]:
         for x, y in zip(a, b, strict=True):
             assert (x is None) == (y is None)
             if x is not None:
+                assert isinstance(x, PolarSpan) and isinstance(y, PolarSpan)
                 np.testing.assert_allclose(x.magnitude, y.magnitude, rtol=1e-3, atol=1e-3)
     assert reused.extras["computed_tokens"] < full.extras["computed_tokens"]
     return reused.extras

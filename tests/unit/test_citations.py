@@ -309,9 +309,9 @@ async def test_errors() -> None:
         Citer(method="gsmile")
     with pytest.raises(ConfigError, match="top_k"):
         Citer(top_k=0)
-    for bad in ({"top_k": 2.5}, {"top_k": "3"}, {"min_score": "x"}, {"min_score": float("nan")}):
+    for options in ({"top_k": 2.5}, {"top_k": "3"}, {"min_score": "x"}, {"min_score": float("nan")}):
         with pytest.raises(ConfigError, match=r"top_k|min_score"):
-            Citer(**bad)  # type: ignore[arg-type]
+            Citer(**options)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="either"):
         Citer(planted_citer().explainer, closed="local:smollm2")
 

@@ -54,6 +54,7 @@ def assert_same(a: ScoreResult, b: ScoreResult, atol: float = 1e-4) -> None:
             for x, y in zip(row_a, row_b, strict=True):
                 assert (x is None) == (y is None)
                 if isinstance(x, PolarSpan):
+                    assert isinstance(y, PolarSpan)
                     np.testing.assert_allclose(x.magnitude, y.magnitude, atol=atol)
                     np.testing.assert_allclose(np.exp(1j * x.phase), np.exp(1j * y.phase), atol=atol)
                 elif x is not None:

@@ -171,15 +171,18 @@ async def test_gsmile_through_explainer_makes_65_closed_calls(tiny: Any) -> None
     assert len(closed.calls) == 65
     assert (res.counts.closed_calls, res.counts.cache_hits) == (65, 0)
     # every paid answer is in the result, aligned with its mask, and survives JSON
-    answers = res.samples.answers
-    assert answers is not None and len(answers) == len(res.samples.masks) == 65
+    samples = res.samples
+    assert samples is not None and samples.answers is not None
+    answers = samples.answers
+    assert len(answers) == len(samples.masks) == 65
     assert set(answers) <= {planted(messages, params) for messages, params in closed.calls}
     # targets are raw divergences from the explained answer, as for every method: 0 for the
     # unmasked row and for every perturbation whose answer did not change
-    targets = res.samples.targets
+    targets = samples.targets
     assert targets[0] == 0.0 and min(targets) >= 0.0
     assert all(t == 0.0 for a, t in zip(answers, targets, strict=True) if a == answers[0])
-    assert Explanation.model_validate_json(res.model_dump_json()).samples.answers == answers
+    back = Explanation.model_validate_json(res.model_dump_json()).samples
+    assert back is not None and back.answers == answers
     assert res.counts.surrogate_sequences == 0
     assert res.method == "gsmile" and res.config["word_vectors"] == "surrogate-input-embeddings"
     assert len(res.attributions) == 12
@@ -290,5 +293,5 @@ async def test_repeated_prompts_are_requested_once() -> None:
     res = await ClosedLoo(word_vectors=hashed_vector).attribute(prompt, answer, MethodParts(closed=closed))
     assert sorted(m.content for msgs, _ in closed.calls for m in msgs) == ["the cat", "the the"]
     assert res.extras["closed_requests"] == 2
-    assert res.samples.answers is not None and len(res.samples.answers) == 4  # the unmasked row first
-    assert res.samples.answers[0] == answer
+    assert res.samples is not None and res.samples.answers is not None
+    assert len(res.samples.answers) == 4 and res.samples.answers[0] == answer  # the unmasked row first

@@ -281,6 +281,7 @@ def test_non_finite_values_round_trip_and_rank_last(expl: Explanation) -> None:
     n = len(expl.features)
     odd = expl.model_copy(update={"attributions": [float("nan")] + [1.0 / n] * (n - 1), "r2": float("nan")})
     back = Explanation.model_validate_json(odd.model_dump_json())
+    assert back.r2 is not None
     assert (
         np.isnan(back.r2) and np.isnan(back.attributions[0]) and back.attributions[1:] == odd.attributions[1:]
     )

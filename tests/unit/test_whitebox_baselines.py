@@ -286,6 +286,7 @@ def test_occlusion_equals_direct_rescoring(tiny: LocalModel) -> None:
     assert res.surrogate_sequences == m + 1
     assert res.extras["target_logprob"] == pytest.approx(direct[0], abs=1e-5)
     direct_run = Occlusion().run(prepare_input(tiny, prompt, answer), np.random.default_rng(0))
+    assert direct_run.feature_scores is not None
     np.testing.assert_allclose(direct_run.feature_scores, res.coefficients, atol=1e-6)
     bare = prepare_input(tiny, prompt, answer)
     bare.prompt = None
