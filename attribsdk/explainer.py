@@ -383,12 +383,12 @@ class Explainer:
 
         # 2. the method (sampling → scoring → locality → regression)
         needs_closed = bool(getattr(meth, "needs_closed", False))
+        unit = "closed calls" if needs_closed else str(getattr(meth, "progress_unit", "surrogate sequences"))
         bar = progress_bar(
             None,
             # auto: only closed-loop methods, whose many paid calls are the long part
             progress if progress is not None else (needs_closed and progress_enabled(None)),
-            description=f"{meth.name}: {prompt.n_features} features"
-            + (", closed calls" if needs_closed else ", surrogate sequences"),
+            description=f"{meth.name}: {prompt.n_features} features, {unit}",
             stderr=True,
         )
         try:

@@ -30,7 +30,8 @@ class MethodParts:
     closed: ClosedModel | None = None
     params: GenerationParams = field(default_factory=GenerationParams)
     seed: int = 0
-    #: Told how many more surrogate sequences were scored (``ScoringRequest.on_progress``).
+    #: Told how much more work is done, in the method's ``progress_unit`` (optional class
+    #: attribute; default "surrogate sequences", as ``ScoringRequest.on_progress`` counts them).
     progress: Callable[[int], object] | None = None
 
 

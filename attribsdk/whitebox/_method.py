@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -47,6 +49,9 @@ class WhiteboxMethod(ABC):
 
     name: str
     Config: ClassVar[type[WhiteboxConfig]] = WhiteboxConfig
+    #: What ``MethodParts.progress`` counts: rows through the model's decoder, forward passes
+    #: only (an algorithm's own ``surrogate_sequences`` accounting may differ).
+    progress_unit: ClassVar[str] = "model rows"
 
     def __init__(self, **options: Any) -> None:
         try:
@@ -73,11 +78,18 @@ class WhiteboxMethod(ABC):
                 f"(got {type(lm).__name__})"
             )
         seed = parts.seed
-        return await anyio.to_thread.run_sync(self._attribute_sync, lm, prompt, answer, seed)
+        return await anyio.to_thread.run_sync(self._attribute_sync, lm, prompt, answer, seed, parts.progress)
 
-    def _attribute_sync(self, lm: LocalModel, prompt: Prompt, answer: str, seed: int) -> MethodResult:
+    def _attribute_sync(
+        self,
+        lm: LocalModel,
+        prompt: Prompt,
+        answer: str,
+        seed: int,
+        progress: Callable[[int], object] | None = None,
+    ) -> MethodResult:
         t0 = time.perf_counter()
-        with lm.forward_lock:
+        with lm.forward_lock, _counting_rows(lm, progress):
             wi = prepare_input(lm, prompt, answer)
             try:
                 scores = self.run(wi, np.random.default_rng(seed))
@@ -108,3 +120,32 @@ class WhiteboxMethod(ABC):
             timings={"scoring": seconds},
             extras={"device": lm.device, "dtype": lm.dtype, **scores.extras},
         )
+
+
+@contextlib.contextmanager
+def _counting_rows(lm: LocalModel, progress: Callable[[int], object] | None) -> Iterator[None]:
+    """Tell ``progress`` the rows of every decoder pass while the block runs.
+
+    The algorithms reach the model through several paths (the full model, the engine's prefixed
+    passes, leave-one-out scoring); all of them run the decoder, so a forward hook there sees every
+    pass without the algorithms knowing about progress. Backward passes are not counted.
+    """
+    if progress is None:
+        yield
+        return
+
+    def hook(module: object, args: tuple[Any, ...], kwargs: dict[str, Any], output: object) -> None:
+        x = kwargs.get("input_ids")
+        if x is None:
+            x = kwargs.get("inputs_embeds")
+        if x is None and args:
+            x = args[0]
+        if isinstance(x, torch.Tensor) and x.dim() >= 2:
+            with contextlib.suppress(Exception):  # a progress display must never fail attribution
+                progress(int(x.shape[0]))
+
+    handle = lm.decoder.register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()

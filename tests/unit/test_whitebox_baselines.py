@@ -294,6 +294,47 @@ def test_occlusion_equals_direct_rescoring(tiny: LocalModel) -> None:
         Occlusion().run(bare, np.random.default_rng(0))
 
 
+def test_progress_is_told_the_rows_of_every_forward_pass(tiny: LocalModel) -> None:
+    """Every path to the model ticks the bar: the engine's prefixed leave-one-out passes (occlusion:
+    M + 1 rows), batched gradient passes (IG trapezoid: one row per step, in batches of 4), the
+    full model (saliency: one row). The hook is gone afterwards."""
+    import anyio
+
+    prompt = build_prompt(QUESTION, CONTEXT, features="sentences")
+    for method, rows in (
+        (Occlusion(), prompt.n_features + 1),
+        (IntegratedGradients(rule="trapezoid", steps=6, batch_size=4), 6),
+        (Saliency(), 1),
+    ):
+        ticks: list[int] = []
+        res = anyio.run(method.attribute, prompt, "Paris.", MethodParts(scorer=tiny, progress=ticks.append))
+        assert sum(ticks) == rows == res.surrogate_sequences, method.name
+        assert all(t > 0 for t in ticks)
+        if isinstance(method, IntegratedGradients):
+            assert ticks == [4, 2]
+    ticks.clear()
+    _run(Saliency(), tiny, prompt, "Paris.")  # no progress: no hook left behind
+    assert ticks == [] and not tiny.decoder._forward_hooks
+
+    def broken(n: int) -> None:
+        raise RuntimeError("display gone")
+
+    quiet = _run(Occlusion(), tiny, prompt, "Paris.")
+    loud = anyio.run(Occlusion().attribute, prompt, "Paris.", MethodParts(scorer=tiny, progress=broken))
+    np.testing.assert_array_equal(quiet.coefficients, loud.coefficients)  # a failing bar fails nothing
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_explain_shows_model_rows_for_a_white_box_method(
+    tiny: LocalModel, capsys: pytest.CaptureFixture[str], anyio_backend: str
+) -> None:
+    async with Explainer(closed=TestModel("Paris."), surrogate=tiny, cache=False) as ex:
+        res = await ex.explain(QUESTION, CONTEXT, method=Occlusion(), progress=True)
+    err = capsys.readouterr().err
+    assert "occlusion" in err and "model rows" in err and f"{res.counts.surrogate_sequences}/" in err
+
+
 def test_random_is_seeded(tiny: LocalModel) -> None:
     prompt = build_prompt(QUESTION, CONTEXT, features="words")
     a, b, c = (_run(RandomAttribution(), tiny, prompt, "Paris.", seed) for seed in (1, 1, 2))
