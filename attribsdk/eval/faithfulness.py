@@ -16,13 +16,15 @@ Definitions (``s`` = the attribution scores being evaluated, M features):
 
 **Deletion curves, MoRF / LeRF / ABPC** (GiLOT's protocol; Li et al., ICML 2024, code
 ``holyseven/GiLOT``). Features are deleted cumulatively in order of ``s``: most relevant first
-(MoRF: descending ``s``, ties by lower index) or least relevant first (LeRF: ascending ``s``, ties
-by lower index). The answer measure is taken after deleting ``k`` features, for ``k = 0..M``
-(default) or for ``k = floor(f·M)`` at fractions ``f`` (GiLOT uses f = 0, 0.1, …, 1). The curves are
-plotted against the deleted fraction x = k/M (or f). ``AUC`` is the trapezoidal area over x ∈ [0, 1];
-``ABPC = AUC(LeRF) − AUC(MoRF)`` (higher is better: deleting the top features hurts the answer more
-than deleting the bottom ones). Averaging ``LeRF − MoRF`` over GiLOT's 11 steps instead gives this
-number divided by 1.1 exactly (both curves coincide at x = 0 and x = 1).
+(MoRF: descending ``s``) or least relevant first (LeRF: ascending ``s``); equal scores go in one
+seeded random order (:func:`tie_priorities`), the same in both curves, so an attribution that ties
+everything scores ABPC 0 and earns nothing from where the evidence sits in the prompt. The answer
+measure is taken after deleting ``k`` features, for ``k = 0..M`` (default) or for ``k = floor(f·M)``
+at fractions ``f`` (GiLOT uses f = 0, 0.1, …, 1). The curves are plotted against the deleted
+fraction x = k/M (or f). ``AUC`` is the trapezoidal area over x ∈ [0, 1]; ``ABPC = AUC(LeRF) −
+AUC(MoRF)`` (higher is better: deleting the top features hurts the answer more than deleting the
+bottom ones). Averaging ``LeRF − MoRF`` over GiLOT's 11 steps instead gives this number divided by
+1.1 exactly (both curves coincide at x = 0 and x = 1).
 
 **Soft-NC / Soft-NS** (Zhao & Aletras, "Incorporating Attribution Importance for Improving
 Faithfulness Metrics", ACL 2023). Importance ``a`` = min-max normalised ``s`` (all 0.5 when ``s`` is
@@ -112,6 +114,7 @@ __all__ = [
     "score_masks",
     "soft_nc_ns",
     "solve_alpha",
+    "tie_priorities",
     "topk_logprob_drop",
 ]
 
@@ -232,12 +235,31 @@ def _scores(scores: Sequence[float] | np.ndarray, m: int | None = None) -> np.nd
     return s
 
 
-def deletion_order(scores: Sequence[float] | np.ndarray, *, most_relevant_first: bool) -> np.ndarray:
-    """Feature indices in deletion order: descending ``scores`` (MoRF) or ascending (LeRF); ties
-    are broken by the lower index in both orders."""
+def deletion_order(
+    scores: Sequence[float] | np.ndarray,
+    *,
+    most_relevant_first: bool,
+    ties: Sequence[int] | np.ndarray | None = None,
+) -> np.ndarray:
+    """Feature indices in deletion order: descending ``scores`` (MoRF) or ascending (LeRF).
+
+    Equal scores are deleted by ascending ``ties`` priority (``None``: the lower index first), the
+    same rule in both orders, so an attribution that ties everything has equal MoRF and LeRF curves
+    (ABPC 0). The metrics below pass a seeded random permutation: with the index as tie-break, a
+    constant attribution would delete the first features first and earn credit whenever the
+    evidence comes early in the prompt (as HotpotQA's supporting facts often do).
+    """
     s = _scores(scores)
-    keys = (np.arange(s.size), -s if most_relevant_first else s)
+    priority = np.arange(s.size) if ties is None else np.asarray(ties)
+    if priority.shape != s.shape:
+        raise InputError(f"ties must give one priority per feature ({s.size}), got shape {priority.shape}")
+    keys = (priority, -s if most_relevant_first else s)
     return np.lexsort(keys).astype(np.int64)
+
+
+def tie_priorities(seed: int, m: int) -> np.ndarray:
+    """The seeded random permutation of ``m`` features that deletion metrics break ties with."""
+    return np.random.default_rng(np.random.SeedSequence([seed, 1])).permutation(m)
 
 
 def deletion_counts(m: int, fractions: Sequence[float] | None = None) -> tuple[list[int], list[float]]:
@@ -407,13 +429,14 @@ class _DeletionPlan:
     scores: np.ndarray
     measure: Measure
     fractions: Sequence[float] | None
+    ties: np.ndarray
     masks: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         m = self.scores.size
         self.counts, self.x = deletion_counts(m, self.fractions)
-        morf = deletion_order(self.scores, most_relevant_first=True)
-        lerf = deletion_order(self.scores, most_relevant_first=False)
+        morf = deletion_order(self.scores, most_relevant_first=True, ties=self.ties)
+        lerf = deletion_order(self.scores, most_relevant_first=False, ties=self.ties)
         self.morf_masks = deletion_masks(morf, self.counts, m)
         self.lerf_masks = deletion_masks(lerf, self.counts, m)
         self.masks = np.vstack([self.morf_masks, self.lerf_masks])
@@ -553,12 +576,13 @@ class _TopKPlan:
     scores: np.ndarray
     ks: Sequence[int]
     measure: Measure
+    ties: np.ndarray
     masks: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         m = self.scores.size
         self.valid = [k for k in self.ks if k <= m]
-        order = deletion_order(self.scores, most_relevant_first=True)
+        order = deletion_order(self.scores, most_relevant_first=True, ties=self.ties)
         self.masks = deletion_masks(order, [0, *self.valid], m)
 
     def finish(self, ms: MaskScores) -> dict[int, float]:
@@ -624,10 +648,13 @@ def deletion_curves(
     *,
     measure: Measure = "prob",
     fractions: Sequence[float] | None = None,
+    seed: int = 0,
 ) -> DeletionCurves:
-    """MoRF and LeRF deletion curves (and their ABPC) of ``scores`` for ``answer`` under ``prompt``."""
+    """MoRF and LeRF deletion curves (and their ABPC) of ``scores`` for ``answer`` under ``prompt``
+    (tied scores are deleted in the order of :func:`tie_priorities` of ``seed``)."""
     s = _scores(scores, prompt.n_features)
-    result: DeletionCurves = _run(scorer, prompt, answer, [_DeletionPlan(s, measure, fractions)])[0]
+    plan = _DeletionPlan(s, measure, fractions, tie_priorities(seed, s.size))
+    result: DeletionCurves = _run(scorer, prompt, answer, [plan])[0]
     return result
 
 
@@ -675,10 +702,13 @@ def topk_logprob_drop(
     *,
     ks: Sequence[int] = (1, 3, 5),
     measure: Measure = "logprob",
+    seed: int = 0,
 ) -> dict[int, float]:
-    """``measure(full) − measure(top-k deleted)`` for each k (ContextCite); ``nan`` for k > M."""
+    """``measure(full) − measure(top-k deleted)`` for each k (ContextCite); ``nan`` for k > M.
+    Tied scores at the cut-off are taken in the order of :func:`tie_priorities` of ``seed``."""
     s = _scores(scores, prompt.n_features)
-    result: dict[int, float] = _run(scorer, prompt, answer, [_TopKPlan(s, _check_ks(ks), measure)])[0]
+    plan = _TopKPlan(s, _check_ks(ks), measure, tie_priorities(seed, s.size))
+    result: dict[int, float] = _run(scorer, prompt, answer, [plan])[0]
     return result
 
 
@@ -764,15 +794,17 @@ def evaluate_faithfulness(
 
     Names: ``abpc``, ``auc_morf``, ``auc_lerf`` ("abpc"); ``soft_nc``, ``soft_ns`` ("soft");
     ``pi_soft_nc_auc``, ``pi_soft_ns_auc``, ``pi_max_gap`` ("pi_soft"); ``topk_drop@k`` ("topk");
-    ``lds`` ("lds"). The Bernoulli metrics draw their uniforms from ``seed`` (one stream each).
+    ``lds`` ("lds"). The Bernoulli metrics draw their uniforms from ``seed`` (one stream each);
+    the deletion metrics ("abpc", "topk") break ties with :func:`tie_priorities` of ``seed``.
     """
     cfg = config or FaithfulnessConfig()
     s = _scores(scores, prompt.n_features)
     m = s.size
     seeds = np.random.SeedSequence(seed).spawn(3)
     plans: dict[str, _Plan] = {}
+    ties = tie_priorities(seed, m)
     if "abpc" in cfg.metrics:
-        plans["abpc"] = _DeletionPlan(s, cfg.measure, cfg.fractions)
+        plans["abpc"] = _DeletionPlan(s, cfg.measure, cfg.fractions, ties)
     if "soft" in cfg.metrics:
         u = np.random.default_rng(seeds[0]).random((cfg.soft_draws, m))
         plans["soft"] = _SoftPlan(s, u, cfg.soft_measure)
@@ -780,7 +812,7 @@ def evaluate_faithfulness(
         u = np.random.default_rng(seeds[1]).random((cfg.pi_draws, m))
         plans["pi_soft"] = _PiSoftPlan(s, u, _check_pis(cfg.pis), cfg.soft_measure)
     if "topk" in cfg.metrics:
-        plans["topk"] = _TopKPlan(s, _check_ks(cfg.topk), cfg.topk_measure)
+        plans["topk"] = _TopKPlan(s, _check_ks(cfg.topk), cfg.topk_measure, ties)
     if "lds" in cfg.metrics:
         u = np.random.default_rng(seeds[2]).random((cfg.lds_masks, m))
         plans["lds"] = _LDSPlan(s, u, cfg.lds_keep_prob, cfg.lds_measure)

@@ -27,6 +27,7 @@ from attribsdk.eval.faithfulness import (
     score_masks,
     soft_nc_ns,
     solve_alpha,
+    tie_priorities,
     topk_logprob_drop,
 )
 from attribsdk.prompt import build_prompt
@@ -40,6 +41,20 @@ def test_deletion_order_morf_lerf_and_ties() -> None:
     s = [0.2, 0.9, 0.2, 0.5]
     assert deletion_order(s, most_relevant_first=True).tolist() == [1, 3, 0, 2]
     assert deletion_order(s, most_relevant_first=False).tolist() == [0, 2, 3, 1]
+    # an explicit tie priority decides between the two 0.2s, the same way in both orders
+    ties = [3, 2, 1, 0]
+    assert deletion_order(s, most_relevant_first=True, ties=ties).tolist() == [1, 3, 2, 0]
+    assert deletion_order(s, most_relevant_first=False, ties=ties).tolist() == [2, 0, 3, 1]
+    with pytest.raises(InputError, match="one priority per feature"):
+        deletion_order(s, most_relevant_first=True, ties=[0, 1])
+
+
+def test_tie_priorities_are_seeded_permutations_that_do_not_favour_the_first_feature() -> None:
+    assert sorted(tie_priorities(5, 7).tolist()) == list(range(7))
+    np.testing.assert_array_equal(tie_priorities(5, 7), tie_priorities(5, 7))
+    firsts = [int(np.argmin(tie_priorities(seed, 4))) for seed in range(200)]
+    counts = np.bincount(firsts, minlength=4)
+    assert counts.min() > 25  # each of 4 features comes first about 50 times in 200 seeds
 
 
 def test_deletion_counts_every_k_or_gilot_fractions() -> None:
@@ -208,6 +223,21 @@ def test_deletion_curves_and_topk_agree_with_direct_scoring(tiny: Any, planted: 
     drops = topk_logprob_drop(tiny, planted, ANSWER, scores, ks=(1, 2, 9))
     expected = direct.logprob[0] - direct.measure(deletion_masks(order, [1, 2], 4), "logprob")
     assert [drops[1], drops[2]] == pytest.approx(expected.tolist(), abs=1e-5) and math.isnan(drops[9])
+
+
+def test_a_constant_attribution_earns_nothing_from_feature_order(tiny: Any, planted: Any) -> None:
+    """All scores tied: MoRF and LeRF delete in the same order (ABPC exactly 0), and the top-k
+    deletes the seeded tie order's first features, not the prompt's first ones."""
+    flat = np.zeros(planted.n_features)
+    for seed in (0, 1, 2):
+        curves = deletion_curves(tiny, planted, ANSWER, flat, seed=seed)
+        assert curves.morf == curves.lerf and curves.abpc == 0.0
+        order = deletion_order(flat, most_relevant_first=True, ties=tie_priorities(seed, planted.n_features))
+        masks = deletion_masks(order, [0, 1, 2], planted.n_features)
+        direct = score_masks(tiny, planted, ANSWER, masks).measure(masks, "logprob")
+        drops = topk_logprob_drop(tiny, planted, ANSWER, flat, ks=(1, 2), seed=seed)
+        assert [drops[1], drops[2]] == pytest.approx((direct[0] - direct[1:]).tolist(), abs=1e-5)
+    assert len({int(np.argmin(tie_priorities(seed, planted.n_features))) for seed in (0, 1, 2)}) > 1
 
 
 def test_lds_is_seeded_and_antisymmetric(tiny: Any, planted: Any) -> None:
