@@ -90,7 +90,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     out["local_1_thread"] = local
     print(f"local engine, 1 thread: {local['examples_per_s']:.3f} examples/s", flush=True)
 
-    ray.init(num_cpus=max(args.actors), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    ray.init(
+        num_cpus=max(args.actors), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+    )
     runs = []
     try:
         for k in args.actors:

@@ -51,7 +51,8 @@ def settings(sweep: str, n_layers: int) -> dict[str, dict[str, Any]]:
     if sweep == "kc":
         return {f"k={k},c={c}": {"sampler": SparseK(k=k, c=c)} for k in K_RULES for c in C_RULES}
     if sweep == "kc-small":
-        return {f"k={k},c={c}": {"sampler": SparseK(k=k, c=c)} for k in K_RULES for c in C_RULES if c in ("M", "0.5M")}
+        small: list[CRule] = ["M", "0.5M"]
+        return {f"k={k},c={c}": {"sampler": SparseK(k=k, c=c)} for k in K_RULES for c in small}
     if sweep == "target":
         return {f"target={t}": {"target": t} for t in ("kl", "delta_nll")}
     raise SystemExit(f"unknown sweep {sweep}")

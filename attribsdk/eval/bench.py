@@ -428,7 +428,8 @@ def _check_resume(
     skip work that was never done under these settings, and the report would mix both."""
     config_path = out / CONFIG_FILE
     stored: dict[str, Any] = {}
-    if existing and config_path.is_file():
+    # Stored answers count as results too: they were produced under the stored settings.
+    if (existing or (out / ANSWERS_FILE).is_file()) and config_path.is_file():
         try:
             loaded = json.loads(config_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -442,15 +443,63 @@ def _check_resume(
     ]
     if "closed_name" in stored and stored["closed_name"] != closed_name:
         changed.append(f"closed: {stored['closed_name']!r} -> {closed_name!r}")
+    labels = {h: label for label, h in hashes.items()}
     for row in existing:
         label, h = row.get("method"), row.get("method_hash")
         if label in hashes and h != hashes[str(label)]:
             changed.append(f"method {label!r}: its stored rows have another configuration")
             break
+        if h in labels and label != labels[str(h)]:
+            # Its rows count as done under the new label too: old examples would keep only the
+            # old label, new ones only the new, and no example would pair.
+            changed.append(f"method {labels[str(h)]!r}: its configuration's rows are stored as {label!r}")
+            break
     if changed:
         raise ConfigError(
             f"{out} holds rows computed under other settings ({'; '.join(changed)}); resume with "
             "the settings they were computed with, or pick a new directory"
+        )
+
+
+#: What a row records of the surrogate that computed it. ``device="auto"``/``dtype="auto"``
+#: resolve per machine (float32 on a CPU, bfloat16 on a GPU), so a directory resumed elsewhere would
+#: otherwise mix rows of different precision in one table.
+RUNTIME_FIELDS = ("surrogate_model", "device", "dtype")
+
+
+async def _surrogate_runtime(explainer: Explainer) -> dict[str, str | None]:
+    """The surrogate as it is loaded: its model name, device and weight dtype (``None`` where a
+    scorer does not say, e.g. a Ray pool)."""
+    scorer = await explainer.scorer()
+    return {
+        "surrogate_model": str(scorer.name),
+        "device": getattr(scorer, "device", None),
+        "dtype": getattr(scorer, "dtype", None),
+    }
+
+
+def _check_runtime(
+    out: Path, existing: Sequence[Mapping[str, Any]], runtimes: Mapping[str, Mapping[str, str | None]]
+) -> None:
+    """Refuse to add rows computed by a surrogate loaded differently (another model behind the same
+    name, another device or dtype) from the rows already stored under its name. Rows written
+    before runtimes were recorded carry none and are not compared."""
+    changed: list[str] = []
+    for row in existing:
+        stored, now = row.get("runtime"), runtimes.get(str(row.get("surrogate")))
+        if not isinstance(stored, Mapping) or now is None:
+            continue
+        diff = [
+            f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in RUNTIME_FIELDS if stored.get(k) != now.get(k)
+        ]
+        if diff:
+            changed.append(f"surrogate {row.get('surrogate')!r} ({', '.join(diff)})")
+            break
+    if changed:
+        raise ConfigError(
+            f"{out} holds rows computed by another load of the surrogate ({'; '.join(changed)}); "
+            "resume with the same model, device and dtype (e.g. device='cpu', dtype='float32'), "
+            "or pick a new directory"
         )
 
 
@@ -492,7 +541,8 @@ async def arun_benchmark(
     ``config.surrogates``); ``examples`` replaces loading ``config.dataset`` (selection still
     applies). An existing ``rows.jsonl`` requires ``resume=True``, and is resumed only under the
     settings its rows were computed with (:data:`RESULT_SETTINGS`, the closed model, each label's
-    method configuration; methods, seeds and surrogates may be added). A failure of one example or
+    method configuration, each surrogate's :data:`RUNTIME_FIELDS` as loaded; methods, seeds and
+    surrogates may be added); stored answers alone hold the settings too. A failure of one example or
     row is recorded in ``errors.jsonl`` and the run goes on. ``progress`` shows a rich
     progress bar on stderr (``None``: when stderr is a terminal). ``report`` renders the report at
     the end (with ``reference`` points). ``on_row`` is called with each new row; if it raises,
@@ -544,30 +594,6 @@ async def arun_benchmark(
     n_pending = sum(len(v) for v in pending.values())
     skipped = len(selected) * len(units) - n_pending
 
-    record = config.model_dump(mode="json")
-    (out / CONFIG_FILE).write_text(
-        json.dumps(
-            {
-                **record,
-                "surrogate_names": list(surrogate_specs),
-                "closed_name": closed_name,
-                "attribsdk": __version__,
-            },
-            indent=1,
-        )
-    )
-    _append(
-        out / RUNS_FILE,
-        {
-            "started_at": _now(),
-            "attribsdk": __version__,
-            "examples": len(selected),
-            "units": len(selected) * len(units),
-            "already_done": skipped,
-            "config": record,
-        },
-    )
-
     answers = {(str(a["id"]), str(a["closed"])): str(a["answer"]) for a in _read_jsonl(out / ANSWERS_FILE)}
     new_rows: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
@@ -597,6 +623,14 @@ async def arun_benchmark(
                 )
             answerer = next(iter(explainers.values()))
             limiter = anyio.CapacityLimiter(config.concurrency)
+            # Loading the surrogates to see how they resolved costs nothing extra when there is
+            # work to do (they load for the first row anyway); a finished run loads nothing.
+            runtimes: dict[str, dict[str, str | None]] = {}
+            if n_pending:
+                for name, explainer in explainers.items():
+                    runtimes[name] = await _surrogate_runtime(explainer)
+                _check_runtime(out, existing, runtimes)
+            _record_start(out, config, surrogate_specs, closed_name, runtimes, len(selected), units, skipped)
 
             def fail(ex: LabeledExample, unit: _Unit | None, exc: BaseException) -> None:
                 err: dict[str, Any] = dict.fromkeys(("key", "method", "seed", "surrogate"))
@@ -628,6 +662,7 @@ async def arun_benchmark(
                         try:
                             explainer = explainers[unit.surrogate]
                             row = await _explain_row(ex, unit, answer, explainer, config, closed_name)
+                            row["runtime"] = runtimes[unit.surrogate]
                         except Exception as exc:
                             fail(ex, unit, exc)
                         else:
@@ -658,6 +693,44 @@ async def arun_benchmark(
         kept = "every row was still computed and written"
         raise callback_failed("on_row", callback_errors, len(new_rows), kept, {"result": result})
     return result
+
+
+def _record_start(
+    out: Path,
+    config: BenchConfig,
+    surrogate_specs: Mapping[str, str | Scorer],
+    closed_name: str,
+    runtimes: Mapping[str, Mapping[str, str | None]],
+    n_examples: int,
+    units: Sequence[_Unit],
+    skipped: int,
+) -> None:
+    """Write ``config.json`` (the latest start's configuration) and append to ``runs.jsonl``."""
+    record = config.model_dump(mode="json")
+    (out / CONFIG_FILE).write_text(
+        json.dumps(
+            {
+                **record,
+                "surrogate_names": list(surrogate_specs),
+                "surrogate_runtime": dict(runtimes),
+                "closed_name": closed_name,
+                "attribsdk": __version__,
+            },
+            indent=1,
+        )
+    )
+    _append(
+        out / RUNS_FILE,
+        {
+            "started_at": _now(),
+            "attribsdk": __version__,
+            "examples": n_examples,
+            "units": n_examples * len(units),
+            "already_done": skipped,
+            "config": record,
+            "surrogate_runtime": dict(runtimes),
+        },
+    )
 
 
 def run_benchmark(config: BenchConfig, out_dir: str | os.PathLike[str], **kwargs: Any) -> BenchResult:

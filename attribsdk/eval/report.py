@@ -30,7 +30,6 @@ from typing import Any
 
 from ..errors import InputError
 from .bench import CONFIG_FILE, ROWS_FILE, _read_jsonl, json_safe
-from .datasets import BUCKETS
 from .metrics import PLAUSIBILITY_METRICS, Summary, summarize
 from .reference import ReferenceTable, load_reference
 
@@ -66,7 +65,6 @@ _METRIC_ORDER = (
     "lds",
 )
 _HIDDEN = {"pi_max_gap"}  # diagnostics kept in the JSON, not tabulated or plotted
-_BUCKET_ORDER = [b[0] for b in BUCKETS]
 
 
 @dataclass
@@ -96,12 +94,12 @@ def metric_names(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _bucket_key(b: str) -> tuple[int, int, str]:
+    """Groups by their smallest M ("1" before "2-3" … "12+", quantile bins "13-30" by their lower
+    end), then ``all``; labels without a number after the numbered ones."""
     if b == ALL:
         return (2, 0, b)
-    if b in _BUCKET_ORDER:
-        return (0, _BUCKET_ORDER.index(b), b)
     lead = re.match(r"\d+", b)
-    return (1, int(lead.group()) if lead else 0, b)
+    return (0, int(lead.group()), b) if lead else (1, 0, b)
 
 
 def with_groups(rows: Sequence[dict[str, Any]], n_bins: int = 4) -> list[dict[str, Any]]:
@@ -189,15 +187,17 @@ def per_example(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> list[
 
 
 def paired_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """The rows of the examples that every method of their (dataset, surrogate) has a row for, and
-    how many examples were left out. A partial or resumed run then compares its methods on the same
-    examples rather than on whichever examples each one finished."""
-    methods: dict[tuple[str, str], set[str]] = {}
-    have: dict[tuple[str, str, str], set[str]] = {}
+    """The rows of the examples that every (method, seed) of their (dataset, surrogate) has a row
+    for, and how many examples were left out. A partial or resumed run then compares its methods on
+    the same examples, each averaged over the same seeds, rather than on whichever examples (or
+    seeds) each one finished."""
+    methods: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    have: dict[tuple[str, str, str], set[tuple[str, str]]] = {}
     for r in rows:
         group = (str(r["dataset"]), str(r["surrogate"]))
-        methods.setdefault(group, set()).add(str(r["method"]))
-        have.setdefault((*group, str(r["id"])), set()).add(str(r["method"]))
+        run = (str(r["method"]), str(r.get("seed", 0)))
+        methods.setdefault(group, set()).add(run)
+        have.setdefault((*group, str(r["id"])), set()).add(run)
     complete = {key for key, got in have.items() if got == methods[key[:2]]}
     kept = [r for r in rows if (str(r["dataset"]), str(r["surrogate"]), str(r["id"])) in complete]
     return kept, len(have) - len(complete)

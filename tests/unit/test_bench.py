@@ -185,6 +185,8 @@ def test_run_writes_rows_shares_answers_and_resumes(tiny: Any, tmp_path: Path) -
         ({"max_answer_tokens": 32}, "max_answer_tokens"),
         ({"dataset": "hotpotqa-full"}, "dataset"),
         ({"methods": (MethodSpec(label="rope-lime", options={"layer": 1}),)}, "method 'rope-lime'"),
+        # the same configuration under a new label: "sparse-k" rows are stored as "rope-lime"
+        ({"methods": (MethodSpec(label="sparse-k"),)}, "method 'sparse-k': its configuration's rows"),
     ]
     for change, named in other_settings:
         with pytest.raises(ConfigError, match=f"other settings \\({named}"):
@@ -216,6 +218,51 @@ def test_run_writes_rows_shares_answers_and_resumes(tiny: Any, tmp_path: Path) -
     assert data["methods"] == ["rope-lime", "rope-lime-loo"]
     assert {p.name for p in second.report.plots} >= {"hotpotqa-paper__tiny__auroc.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in second.report.plots)
+
+
+def test_resume_refuses_rows_of_another_surrogate_load_and_answers_of_other_settings(
+    tiny: Any, tmp_path: Path
+) -> None:
+    examples = list(load_hotpotqa(HOTPOT))[:2]
+    closed = TestModel("Paris is the capital.")
+    out = tmp_path / "run"
+    loo = _config(methods=(parse_method_specs(["rope-lime-loo"])[0],))
+    run_benchmark(loo, out, closed=closed, surrogates={"tiny": tiny}, examples=examples, report=False)
+    rows = load_rows(out)
+    runtime = {"surrogate_model": tiny.name, "device": "cpu", "dtype": "float32"}
+    assert all(r["runtime"] == runtime for r in rows)
+    assert json.loads((out / "config.json").read_text())["surrogate_runtime"] == {"tiny": runtime}
+
+    # the stored rows came from a bfloat16 load (as "auto" gives on a GPU): adding a method here
+    # would put float32 rows beside them in one table, so it is refused before anything runs
+    stored = [{**r, "runtime": {**runtime, "dtype": "bfloat16"}} for r in rows]
+    (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stored))
+    with pytest.raises(ConfigError, match="dtype: 'bfloat16' -> 'float32'"):
+        run_benchmark(
+            _config(),
+            out,
+            closed=closed,
+            surrogates={"tiny": tiny},
+            examples=examples,
+            resume=True,
+            report=False,
+        )
+    assert len(load_rows(out)) == 2 and len(closed.calls) == 2
+    # rows written before runtimes were recorded carry none: they are not compared
+    legacy = [{k: v for k, v in r.items() if k != "runtime"} for r in rows]
+    (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in legacy))
+    again = run_benchmark(
+        _config(), out, closed=closed, surrogates={"tiny": tiny}, examples=examples, resume=True, report=False
+    )
+    assert again.computed == 2 and all(r["runtime"] == runtime for r in again.rows[2:])
+
+    # stored answers alone (the rows were deleted to recompute) still hold their settings
+    (out / "rows.jsonl").unlink()
+    with pytest.raises(ConfigError, match="other settings \\(max_answer_tokens"):
+        run_benchmark(
+            _config(max_answer_tokens=32), out, closed=closed, surrogates={"tiny": tiny}, examples=examples
+        )
+    assert len(closed.calls) == 2
 
 
 def test_a_raising_on_row_stops_nothing(tiny: Any, tmp_path: Path) -> None:
@@ -335,6 +382,12 @@ def test_seeds_of_one_example_are_averaged_before_the_statistics() -> None:
     assert agg["seconds"].mean == pytest.approx(2.5)
     md = markdown_report(rows)
     assert "| all | m | 2 | 0.600 ± 0.424 | 0.500 (n=1) | 2.50 | 10.0 |" in md
+    # a single-feature example (a user's JSONL) is bucket "1": listed first, not after "12+"
+    single = {**row("c", 0, 1.0, None), "bucket": "1", "m": 1}
+    many = {**row("d", 0, 0.0, None), "bucket": "12+", "m": 14}
+    lines = [ln.split(" | ")[0] for ln in markdown_report([*rows, single, many]).splitlines()]
+    firsts = [ln for ln in lines if ln in ("| 1", "| 4-5", "| 12+", "| all")]
+    assert firsts[:4] == ["| 1", "| 4-5", "| 12+", "| all"]
 
 
 def test_reports_compare_methods_on_the_examples_all_of_them_finished(tmp_path: Path) -> None:
@@ -350,6 +403,10 @@ def test_reports_compare_methods_on_the_examples_all_of_them_finished(tmp_path: 
     rows[-1]["surrogate"] = "t"
     kept, left_out = paired_rows(rows)
     assert left_out == 1 and [r["id"] for r in kept] == ["e1", "e1", "e2", "e2", "other"]
+    # seeds pair too: "a" finished seed 1 on e1 only, so e2 would compare a's two seeds with b's one
+    seeded = [*rows, {**row("e1", "a", 0.3), "seed": 1}, {**row("e1", "b", 0.5), "seed": 1}]
+    kept, left_out = paired_rows([*seeded, {**row("e2", "a", 0.7), "seed": 1}])
+    assert left_out == 2 and sorted({r["id"] for r in kept}) == ["e1", "other"]
 
     out = tmp_path / "run"
     out.mkdir()
