@@ -53,17 +53,20 @@ def resolve_api_key(
 
     Raises :class:`ConfigError` when ``required`` and neither gives a non-empty key, or when
     ``api_key_env`` is named but unset (naming a variable means the caller expects a key there).
+    Surrounding whitespace is dropped (a key read from a file ends with a newline); a key with
+    whitespace or control characters inside is refused, without quoting it: sent as a header it
+    would fail as a transport error, and the key would show in that error.
     """
     if isinstance(api_key, SecretStr):
         api_key = api_key.get_secret_value()
     if api_key is not None and not isinstance(api_key, str):
         raise ConfigError(f"{label}: api_key must be a string or SecretStr, got {type(api_key).__name__}")
-    if api_key:
-        return SecretStr(api_key)
+    if api_key and api_key.strip():
+        return _checked_key(api_key, label, "api_key")
     if api_key_env:
         value = os.environ.get(api_key_env, "")
-        if value:
-            return SecretStr(value)
+        if value.strip():
+            return _checked_key(value, label, f"${api_key_env}")
         raise ConfigError(
             f"{label}: no API key; the environment variable {api_key_env} is unset or empty "
             "(set it, or pass api_key=...)"
@@ -71,6 +74,16 @@ def resolve_api_key(
     if required:
         raise ConfigError(f"{label}: no API key given (pass api_key=... or api_key_env=...)")
     return None
+
+
+def _checked_key(key: str, label: str, source: str) -> SecretStr:
+    key = key.strip()
+    if any(c.isspace() or not c.isprintable() for c in key):
+        raise ConfigError(
+            f"{label}: the API key in {source} contains whitespace or control characters "
+            f"(length {len(key)}); it is not sent"
+        )
+    return SecretStr(key)
 
 
 def check_base_url(url: str, *, label: str) -> str:

@@ -175,7 +175,7 @@ async def call_with_retries(
         error.attempts = attempts
         error.message = f"{error.message} (gave up after {attempts} attempt{'s' * (attempts != 1)})"
         error.args = (error.message,)
-        raise error from exc.__cause__
+        raise error from None  # the SDK's exception is left out: it may quote the key
     except AdapterError as exc:
         exc.attempts = attempts
         raise

@@ -177,7 +177,8 @@ class AnthropicModel(SDKModel[anthropic.AsyncAnthropic, dict[str, Any]]):
             raw = await client.messages.with_raw_response.create(**request)
             text = (await raw.read()).decode("utf-8", errors="replace")
         except anthropic.AnthropicError as exc:
-            raise self._sdk_failure(exc, _SDK_ERRORS) from exc
+            # Not chained: the SDK's exception may quote the request's headers (the key).
+            raise self._sdk_failure(exc, _SDK_ERRORS) from None
         data = parse_json_object(text, label=self.name, provider=self.provider)
         try:
             parsed = _MessageResponse.model_validate(data)

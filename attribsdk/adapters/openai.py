@@ -339,7 +339,8 @@ class OpenAIModel(SDKModel[openai.AsyncOpenAI, dict[str, Any]]):
             else:
                 raw = await client.responses.with_raw_response.create(**request, **extra)
         except openai.OpenAIError as exc:
-            raise self._sdk_failure(exc, _SDK_ERRORS, logprobs_requested=params.logprobs) from exc
+            # Not chained: the SDK's exception may quote the request's headers (the key).
+            raise self._sdk_failure(exc, _SDK_ERRORS, logprobs_requested=params.logprobs) from None
         data = parse_json_object(raw.text, label=self.name, provider=self.provider)
         if self.api == "chat":
             return self._parse_chat(data, params)
