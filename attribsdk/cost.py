@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import math
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from pydantic import BaseModel, Field, ValidationError
 from ._strategy import ConfigModel, describe_invalid
 from .adapters.base import ClosedModel, Completion, GenerationParams, Message, Usage
 from .adapters.wrappers import ModelWrapper, worst_case_input_tokens
-from .errors import AttribError, BudgetExceeded, ConfigError, InputError
+from .errors import AttribError, BudgetExceeded, ConfigError, InputError, LogprobsUnavailableError
 
 __all__ = [
     "PRICE_SOURCE",
@@ -94,12 +95,24 @@ class Pricing:
             name (``"openai-compatible:llama3@http://host/v1"``), the name without the base URL
             (``"openai-compatible:llama3"``) or the bare model (``"llama3"``); overrides win over
             ``genai-prices``.
+        aliases: model name → another model string whose ``genai-prices`` price is applied to its
+            calls (``{"local:smollm2": "openai:gpt-4o-mini"}``: what the calls would have cost
+            there). Each call is priced with its real usage, so context-length price tiers apply.
 
     ``openai:`` and ``anthropic:`` models are looked up under those providers; OpenAI-compatible
     models by their base URL (hosted providers such as Groq or Together are recognised).
     """
 
-    def __init__(self, overrides: Mapping[str, Price | Mapping[str, float]] | None = None) -> None:
+    def __init__(
+        self,
+        overrides: Mapping[str, Price | Mapping[str, float]] | None = None,
+        *,
+        aliases: Mapping[str, str] | None = None,
+    ) -> None:
+        self.aliases: dict[str, str] = dict(aliases or {})
+        for name, target in self.aliases.items():
+            if target in self.aliases:
+                raise ConfigError(f"price alias {name!r} -> {target!r}: the target is an alias itself")
         self.overrides: dict[str, Price] = {}
         for key, value in (overrides or {}).items():
             try:
@@ -111,9 +124,12 @@ class Pricing:
     @property
     def source(self) -> str:
         """E.g. ``"genai-prices 0.2.3"``, plus the overridden models when there are any."""
-        if not self.overrides:
-            return PRICE_SOURCE
-        return f"{PRICE_SOURCE}; user prices for {', '.join(sorted(self.overrides))}"
+        parts = [PRICE_SOURCE]
+        if self.overrides:
+            parts.append(f"user prices for {', '.join(sorted(self.overrides))}")
+        if self.aliases:
+            parts.append(", ".join(f"{a} priced as {b}" for a, b in sorted(self.aliases.items())))
+        return "; ".join(parts)
 
     def cost(self, model_name: str, usage: Usage, *, response_model: str | None = None) -> float | None:
         """USD for one call, or ``None`` (with an :class:`UnknownPriceWarning`, once per model).
@@ -123,6 +139,8 @@ class Pricing:
         ``local:`` and ``test:`` models are free; a name without a ``provider:`` prefix (a custom model's) has
         no known price unless it is overridden.
         """
+        if model_name in self.aliases:
+            return self.cost(self.aliases[model_name], usage)
         provider, model = _split_name(model_name)
         override = self._override(model_name, provider, model)
         if override is not None:
@@ -136,6 +154,8 @@ class Pricing:
 
     def is_known(self, model_name: str) -> bool:
         """True when :meth:`cost` gives a number for ``model_name`` (no warning is emitted)."""
+        if model_name in self.aliases:
+            return self.is_known(self.aliases[model_name])
         provider, model = _split_name(model_name)
         if self._override(model_name, provider, model) is not None or provider in FREE_PROVIDERS:
             return True
@@ -259,14 +279,18 @@ class CostReport(BaseModel):
     ) -> CostReport:
         """Aggregate ``records``."""
         report = cls(price_source=price_source, budget=budget)
-        cost: float | None = 0.0
-        avoided: float | None = 0.0
+        # Sums with math.fsum: ten $0.10 calls cost $1.00, not $0.9999999999999999.
+        costs: list[float] | None = []
+        avoided: list[float] | None = []
         for r in records:
             report.http_attempts += r.attempts
             if r.cached:
                 report.cache_hits += 1
                 report.avoided_tokens += r.usage
-                avoided = None if avoided is None or r.avoided_usd is None else avoided + r.avoided_usd
+                if avoided is not None and r.avoided_usd is not None:
+                    avoided.append(r.avoided_usd)
+                else:
+                    avoided = None
                 continue
             if r.error == CANCELLED:
                 report.cancelled_calls += 1
@@ -276,11 +300,11 @@ class CostReport(BaseModel):
             report.tokens += r.usage
             if r.cost_usd is None:
                 report.unpriced_calls += 1
-                cost = None
-            elif cost is not None:
-                cost += r.cost_usd
-        report.cost_usd = cost
-        report.avoided_usd = avoided
+                costs = None
+            elif costs is not None:
+                costs.append(r.cost_usd)
+        report.cost_usd = None if costs is None else math.fsum(costs)
+        report.avoided_usd = None if avoided is None else math.fsum(avoided)
         return report
 
     def __add__(self, other: CostReport) -> CostReport:
@@ -332,7 +356,8 @@ class _Reservation:
     estimate_usd: float
 
 
-_TRACKERS: contextvars.ContextVar[tuple[CallLedger, ...]] = contextvars.ContextVar(
+#: Active :meth:`CallLedger.track` blocks as (ledger tracked, tracker) pairs.
+_TRACKERS: contextvars.ContextVar[tuple[tuple[CallLedger, CallLedger], ...]] = contextvars.ContextVar(
     "attribsdk_cost_trackers", default=()
 )
 
@@ -368,10 +393,12 @@ class CallLedger:
         """Collect the calls recorded inside this block (in this task and tasks it starts).
 
         Yields a ledger holding only those calls; concurrent blocks (e.g. one per explanation of
-        ``explain_many``) do not see each other's calls. The budget stays this ledger's.
+        ``explain_many``) do not see each other's calls. The budget stays this ledger's. Only calls
+        recorded in *this* ledger are collected: a model metered by another ledger and wrapped again
+        (``Explainer(closed=build_closed_model(...))``) is counted once, by the outer meter.
         """
         tracker = CallLedger(pricing=self.pricing)
-        token = _TRACKERS.set((*_TRACKERS.get(), tracker))
+        token = _TRACKERS.set((*_TRACKERS.get(), (self, tracker)))
         try:
             yield tracker
         finally:
@@ -406,8 +433,8 @@ class CallLedger:
 
     def _record(self, record: CallRecord) -> None:
         self._append(record)
-        for tracker in _TRACKERS.get():
-            if tracker is not self:
+        for parent, tracker in _TRACKERS.get():
+            if parent is self:
                 tracker._append(record)
 
     def record_completion(self, model_name: str, completion: Completion) -> CallRecord:
@@ -431,7 +458,20 @@ class CallLedger:
         attempts = int(getattr(error, "attempts", 0) or 0)
         partial = error.partial if isinstance(error, AttribError) else {}
         answered = partial.get("completion")
-        if isinstance(answered, Completion):  # e.g. a truncated answer: the provider billed it
+        if isinstance(answered, Completion) and answered.cached:
+            # a cached answer refused for this caller (truncated): no call was made, none is paid
+            price = self.pricing.cost(model_name, answered.usage, response_model=answered.model)
+            record = CallRecord(
+                model=model_name,
+                response_model=answered.model,
+                cached=True,
+                usage=answered.usage,
+                cost_usd=0.0,
+                avoided_usd=price,
+                finish_reason=answered.finish_reason,
+                error=type(error).__name__,
+            )
+        elif isinstance(answered, Completion):  # e.g. a truncated answer: the provider billed it
             record = CallRecord(
                 model=model_name,
                 response_model=answered.model,
@@ -521,7 +561,9 @@ class MeteredModel(ModelWrapper):
     around it) is recorded with ``error="Cancelled"`` and no cost, and reported apart
     (``CostReport.cancelled_calls``): if it had already reached the provider it may have been
     billed, which no response can tell. A request the adapter refuses before sending anything
-    (:class:`InputError`, :class:`ConfigError`) is not a call and is not recorded."""
+    (:class:`InputError`, :class:`ConfigError`, or :class:`LogprobsUnavailableError` with no
+    attempt made, as Anthropic's adapter refuses ``logprobs=True``) is not a call and is not
+    recorded."""
 
     def __init__(self, inner: ClosedModel, ledger: CallLedger) -> None:
         super().__init__(inner)
@@ -537,6 +579,10 @@ class MeteredModel(ModelWrapper):
                 completion = await self.inner.generate(messages, params)
             except (InputError, ConfigError):
                 raise  # refused before anything was sent
+            except LogprobsUnavailableError as exc:
+                if exc.attempts or "completion" in exc.partial:
+                    self.ledger.record_failure(self.name, exc)
+                raise  # with no attempt and no answer, the adapter refused it before sending
             except Exception as exc:
                 self.ledger.record_failure(self.name, exc)
                 raise

@@ -29,6 +29,7 @@ from attribsdk.errors import (
     BudgetExceeded,
     ConfigError,
     InputError,
+    LogprobsUnavailableError,
     RequestTimeoutError,
     TruncatedOutputError,
 )
@@ -158,6 +159,27 @@ async def test_cancelled_and_refused_calls_do_not_use_up_max_calls() -> None:
         await model.generate([Message(role="user", content="hi")], GenerationParams())
 
 
+def test_aliases_price_calls_as_another_model_with_its_tiers() -> None:
+    sonnet = "anthropic:claude-sonnet-4-5"  # $3 per million input tokens, $6 above 200k a call
+    base = Pricing()
+    small, long = Usage(input_tokens=1_000, output_tokens=10), Usage(input_tokens=300_000, output_tokens=10)
+    small_usd, long_usd = base.cost(sonnet, small), base.cost(sonnet, long)
+    assert small_usd is not None and long_usd is not None
+    assert long_usd / 300 > 1.5 * small_usd  # the long-context tier is dearer per token
+    aliased = Pricing(aliases={"local:smollm2": sonnet})
+    assert aliased.cost("local:smollm2", small) == small_usd
+    assert aliased.cost("local:smollm2", long) == long_usd
+    assert aliased.is_known("local:smollm2") and "local:smollm2 priced as " + sonnet in aliased.source
+    assert Pricing().cost("local:smollm2", small) == 0.0  # without the alias, local calls are free
+    with pytest.raises(ConfigError, match="alias itself"):
+        Pricing(aliases={"a:x": "b:y", "b:y": sonnet})
+    # price_of gives the base tier, not the tier a million-token call would fall in
+    from attribsdk.compare import price_of
+
+    per_token = base.cost(sonnet, Usage(input_tokens=10_000))
+    assert per_token is not None and price_of(sonnet).input_mtok == pytest.approx(per_token * 100)
+
+
 def test_price_overrides() -> None:
     pricing = Pricing(
         {
@@ -199,6 +221,43 @@ async def test_cost_report_aggregates_and_round_trips() -> None:
     with pytest.warns(UnknownPriceWarning):
         ledger.record_completion("custom:unpriced", paid)
     assert ledger.report().cost_usd is None and ledger.report().unpriced_calls == 1
+
+
+def test_totals_are_exact_sums_and_a_refused_cached_answer_is_a_hit() -> None:
+    ledger = CallLedger(pricing=Pricing({"test:model": Price(input_mtok=100_000.0, output_mtok=0.0)}))
+    dime = Completion(text="a", model="test:model", usage=Usage(input_tokens=1), attempts=1)  # $0.10
+    for _ in range(10):
+        ledger.record_completion("test:model", dime)
+    assert ledger.report().cost_usd == 1.0  # math.fsum: not 0.9999999999999999
+    # a cached truncated answer refused to a strict caller: no call was made, none is paid
+    hit = dime.model_copy(update={"cached": True, "attempts": 0, "finish_reason": "length"})
+    record = ledger.record_failure("test:model", TruncatedOutputError("cut", partial={"completion": hit}))
+    assert record.cached and record.cost_usd == 0.0 and record.avoided_usd == pytest.approx(0.1)
+    report = ledger.report()
+    assert (report.closed_calls, report.cache_hits, report.failed_calls, report.cost_usd) == (10, 1, 0, 1.0)
+
+
+async def test_a_metered_model_metered_again_is_counted_once_per_ledger() -> None:
+    """Explainer(closed=build_closed_model(...)) meters a stack that meters itself: each ledger
+    records the call once, and a block tracking the outer ledger sees one call, not two."""
+    inner_ledger, outer_ledger = CallLedger(pricing=priced()), CallLedger(pricing=priced())
+    model = MeteredModel(MeteredModel(TestModel("x"), inner_ledger), outer_ledger)
+    with outer_ledger.track() as mine:
+        await model.generate(ask(), PARAMS)
+    for ledger in (inner_ledger, outer_ledger, mine):
+        assert ledger.report().closed_calls == 1, ledger
+
+
+async def test_a_logprobs_refusal_before_sending_is_not_a_call() -> None:
+    from attribsdk.adapters.anthropic import AnthropicModel
+
+    ledger = CallLedger(budget=Budget(max_calls=1))
+    model = MeteredModel(AnthropicModel("claude-haiku-4-5", api_key=SECRET), ledger)
+    for _ in range(2):  # refused twice without using up max_calls=1
+        with pytest.raises(LogprobsUnavailableError):
+            await model.generate(ask(), GenerationParams(max_tokens=8, logprobs=True))
+    assert ledger.report().closed_calls == 0 and ledger.records == []
+    await model.aclose()
 
 
 async def test_track_separates_concurrent_blocks() -> None:
