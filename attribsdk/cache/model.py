@@ -3,9 +3,10 @@
 For a request it (1) joins an identical call already in flight in this process (single-flight),
 else (2) looks the key up, else (3) takes the key's cross-process lock (one machine's processes
 for the disk cache, a whole cluster's for Redis), looks again (another process may have just
-answered it), and only then (4) calls the wrapped model and stores the answer. Errors,
-truncated answers (unless allowed) and invalid responses are never stored; an answer that cannot
-be stored is still returned.
+answered it), and only then (4) calls the wrapped model and stores the answer. Errors and invalid
+responses are never stored. An answer cut at ``max_tokens`` is stored even when it is refused
+(it was billed): a caller that does not allow truncation gets the same refusal from the cache,
+at no cost, and one that does gets the answer. An answer that cannot be stored is still returned.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ class CachedModel(ModelWrapper):
         cache: the cache (shared by every CachedModel of a run; it holds the in-flight table).
         ledger: when given, cache hits and joined in-flight calls are recorded there as hits
             (cost $0, their price counted as avoided).
-        allow_truncated: also store answers that stopped at ``max_tokens``.
+        allow_truncated: return answers that stopped at ``max_tokens``; otherwise they are refused
+            with :class:`~attribsdk.errors.TruncatedOutputError` (the answer in its
+            ``partial["completion"]``). Either way they are stored: they were billed.
 
     Hits come back with ``cached=True`` and ``attempts=0``.
     """
@@ -71,10 +74,8 @@ class CachedModel(ModelWrapper):
         return f"CachedModel({self.inner!r}, {self.cache!r})"
 
     def cacheable(self, completion: Completion) -> bool:
-        """Whether ``completion`` may be stored: fresh, and not truncated unless that is allowed."""
-        if completion.cached:
-            return False
-        return completion.finish_reason != "length" or self.allow_truncated
+        """Whether ``completion`` is stored: every fresh (billed) answer, truncated ones too."""
+        return not completion.cached
 
     async def generate(self, messages: list[Message], params: GenerationParams) -> Completion:
         """The cached answer if there is one, else the wrapped model's (stored for next time)."""
@@ -115,13 +116,30 @@ class CachedModel(ModelWrapper):
             entry = await self.cache.get(key)
             if entry is not None:
                 return self._hit(entry.completion)
-            completion = await self.inner.generate(messages, params)
+            try:
+                completion = await self.inner.generate(messages, params)
+            except TruncatedOutputError as exc:
+                # Cut at max_tokens and refused, but answered and billed: keep the answer, so that
+                # a re-run pays nothing (it is refused again by _hit, at no cost).
+                answered = exc.partial.get("completion")
+                if isinstance(answered, Completion) and self.cacheable(answered):
+                    await self._store(key, request, answered)
+                raise
             if self.cacheable(completion):
-                try:
-                    await self.cache.put(CacheEntry.create(key, self.name, dict(request), completion))
-                except Exception as exc:  # a full disk must not lose an answer that was paid for
-                    logger.warning("cache %s: could not store %s… (%s)", self.cache.location, key[:12], exc)
+                await self._store(key, request, completion)
+            if completion.finish_reason == "length" and not self.allow_truncated:
+                raise TruncatedOutputError(
+                    f"{self.name}: the answer was cut at max_tokens; raise max_tokens or allow "
+                    "truncated answers",
+                    partial={"completion": completion},
+                )
             return completion
+
+    async def _store(self, key: str, request: dict[str, object], completion: Completion) -> None:
+        try:
+            await self.cache.put(CacheEntry.create(key, self.name, dict(request), completion))
+        except Exception as exc:  # a full disk must not lose an answer that was paid for
+            logger.warning("cache %s: could not store %s… (%s)", self.cache.location, key[:12], exc)
 
     def _hit(self, completion: Completion) -> Completion:
         hit = completion.model_copy(update={"cached": True, "attempts": 0})

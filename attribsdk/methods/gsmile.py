@@ -38,8 +38,8 @@ Deviations from the authors' script, all deliberate and configurable where it ma
   ``set()`` (losing order and duplicates); here deletions keep the order and ≥ 1 feature is kept.
 * Masks are drawn with ``numpy.random.default_rng(seed).random() < p`` rather than
   ``rng.binomial``; the distribution is the same.
-* A perturbed answer cut at ``max_tokens`` is used as it is (the provider billed it); such answers
-  are not cached unless the stack was built with ``allow_truncated=True``.
+* A perturbed answer cut at ``max_tokens`` is used as it is (the provider billed it); it is cached
+  like any other, so a re-run does not pay for it again.
 """
 
 from __future__ import annotations

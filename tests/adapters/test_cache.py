@@ -255,29 +255,35 @@ async def test_401_is_not_cached(server: FakeLLMServer, fast_retry: RetryPolicy,
     await inner.aclose()
 
 
-async def test_truncated_answers_are_not_cached_unless_allowed(
+async def test_truncated_answers_are_kept_and_refused_again_for_free(
     server: FakeLLMServer, fast_retry: RetryPolicy, tmp_path: Path
 ) -> None:
+    """A truncated answer was billed: it is stored even when refused, so a re-run pays nothing.
+    Whether the caller gets it or a TruncatedOutputError depends on the caller alone."""
     short = GenerationParams(max_tokens=2)
     strict = adapter(server, fast_retry)
     lenient = adapter(server, fast_retry, allow_truncated=True)
+    ledger = CallLedger()
     async with ResponseCache(tmp_path) as cache:
-        with pytest.raises(TruncatedOutputError):
+        with pytest.raises(TruncatedOutputError) as first:
             await CachedModel(strict, cache).generate(ask(), short)
-        assert cache.stats().entries == 0
-        # The adapter lets it through but the cache does not keep it...
-        for _ in range(2):
-            assert (await CachedModel(lenient, cache).generate(ask(), short)).finish_reason == "length"
-        assert cache.stats().entries == 0 and server.calls(CHAT) == 3
-        # ...unless the caller allows truncated answers.
-        allowed = CachedModel(lenient, cache, allow_truncated=True)
-        await allowed.generate(ask(), short)
-        again = await allowed.generate(ask(), short)
-        assert again.cached and cache.stats().entries == 1 and server.calls(CHAT) == 4
+        assert not first.value.partial["completion"].cached
+        assert cache.stats().entries == 1 and server.calls(CHAT) == 1
         # A caller that refuses truncated answers is refused the stored one too, without a call.
-        with pytest.raises(TruncatedOutputError, match="cached answer was cut") as info:
-            await CachedModel(strict, cache).generate(ask(), short)
-        assert info.value.partial["completion"].cached and server.calls(CHAT) == 4
+        for _ in range(2):
+            with pytest.raises(TruncatedOutputError, match="cached answer was cut") as info:
+                await CachedModel(strict, cache, ledger=ledger).generate(ask(), short)
+            assert info.value.partial["completion"].cached
+        assert server.calls(CHAT) == 1 and ledger.report().cache_hits == 2
+        # One that allows them gets the stored answer.
+        again = await CachedModel(lenient, cache, allow_truncated=True).generate(ask(), short)
+        assert again.cached and again.finish_reason == "length" and server.calls(CHAT) == 1
+        # A lenient adapter under a strict cache: refused the same way, fresh or cached.
+        other = GenerationParams(max_tokens=3)
+        for _ in range(2):
+            with pytest.raises(TruncatedOutputError):
+                await CachedModel(lenient, cache).generate(ask(), other)
+        assert server.calls(CHAT) == 2 and cache.stats().entries == 2
     await strict.aclose()
     await lenient.aclose()
 
