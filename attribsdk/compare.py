@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field, field_validator
 from ._strategy import ConfigModel
 from ._sync import run_sync
 from .adapters.base import GenerationParams, Usage
+from .adapters.local import LocalClosedModel
 from .cost import Price, Pricing
 from .errors import AttribError, ConfigError
 from .eval.bench import json_safe, select_examples
@@ -101,8 +102,10 @@ class CompareConfig(ConfigModel):
 
 
 class MethodSummary(BaseModel):
-    """One method's totals over the examples (quality metrics are means over finished examples;
-    ``None`` when no example finished or every value was undefined)."""
+    """One method's totals over the examples. Calls, tokens, dollars and time cover every example;
+    the quality metrics are means over the ``n_quality`` examples that *every* compared method
+    finished, so methods are compared on the same examples (``None`` when there is none or every
+    value was undefined)."""
 
     method: str
     n_examples: int
@@ -121,6 +124,7 @@ class MethodSummary(BaseModel):
     iou: float | None
     f1: float | None
     auroc: float | None
+    n_quality: int = 0
 
     @property
     def calls_per_explanation(self) -> float:
@@ -140,16 +144,18 @@ class CompareReport(BaseModel):
 
 
 def price_of(model: str) -> Price:
-    """The per-million-token input/output :class:`Price` of ``model`` in ``genai-prices``.
+    """The per-million-token input/output :class:`Price` of ``model`` in ``genai-prices``, at its
+    base tier (measured on a call of 1 000 tokens: a million input tokens in one call would fall in
+    a long-context tier where a model has one).
 
     Raises :class:`~attribsdk.errors.ConfigError` when the price is unknown.
     """
     pricing = Pricing()
-    inp = pricing.cost(model, Usage(input_tokens=1_000_000))
-    out = pricing.cost(model, Usage(output_tokens=1_000_000))
+    inp = pricing.cost(model, Usage(input_tokens=1_000))
+    out = pricing.cost(model, Usage(output_tokens=1_000))
     if inp is None or out is None:
         raise ConfigError(f"no known price for {model!r}; give a model genai-prices knows")
-    return Price(input_mtok=inp, output_mtok=out)
+    return Price(input_mtok=inp * 1_000, output_mtok=out * 1_000)
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -188,17 +194,19 @@ async def acompare(
         raise ConfigError("no examples to compare")
 
     overrides = dict(pricing.overrides) if pricing is not None else {}
+    aliases = dict(pricing.aliases) if pricing is not None else {}
     if config.price_as is not None:
-        overrides[config.closed] = price_of(config.price_as)
-        p = overrides[config.closed]
+        p = price_of(config.price_as)  # refuses an unknown model before anything runs
+        aliases[config.closed] = config.price_as
+        overrides.pop(config.closed, None)
         note = (
             f"calls ran on {config.closed}; dollars are priced AS IF {config.price_as} had answered "
-            f"(${p.input_mtok:g} / ${p.output_mtok:g} per million input / output tokens, "
-            "applied to the local model's token counts)"
+            f"(${p.input_mtok:g} / ${p.output_mtok:g} per million input / output tokens at its base "
+            "tier, applied call by call to the local model's token counts)"
         )
     else:
         note = f"dollars are {config.closed}'s own prices"
-    prices = Pricing(overrides=overrides)
+    prices = Pricing(overrides=overrides, aliases=aliases)
 
     store = None
     surrogate_spec: str | Scorer = surrogate if surrogate is not None else config.surrogate
@@ -231,6 +239,9 @@ async def acompare(
             async with ex:
                 if isinstance(surrogate_spec, str):
                     await ex.scorer()  # load before the clock starts: every method gets it loaded
+                stack = await ex.closed_model()
+                if isinstance(stack.adapter, LocalClosedModel):
+                    await stack.adapter.load()  # a local closed model too (else the first method pays)
                 t0 = time.perf_counter()
                 results = await ex.explain_many(
                     [Example(prompt=e.prompt, id=e.id) for e in examples],
@@ -246,6 +257,7 @@ async def acompare(
         if store is not None:
             await anyio.to_thread.run_sync(store.close)
 
+    _pair_quality(summaries, rows)
     report = CompareReport(
         config=config,
         closed=config.closed,
@@ -274,7 +286,6 @@ def _summarise(
     wall: float,
     rows: list[dict[str, Any]],
 ) -> MethodSummary:
-    metrics: dict[str, list[float]] = {"iou": [], "f1": [], "auroc": []}
     sequences = 0
     n_ok = 0
     for ex, res in zip(examples, results, strict=True):
@@ -283,8 +294,6 @@ def _summarise(
             n_ok += 1
             sequences += res.counts.surrogate_sequences
             plaus = plausibility(res.attributions, ex.gold)
-            for k, v in plaus.items():
-                metrics[k].append(v)
             row.update(
                 answer=res.answer,
                 attributions=res.attributions,
@@ -313,10 +322,28 @@ def _summarise(
         avoided_usd=cost.avoided_usd,
         wall_seconds=wall,
         surrogate_sequences=sequences,
-        iou=_mean(metrics["iou"]),
-        f1=_mean(metrics["f1"]),
-        auroc=_mean(metrics["auroc"]),
+        iou=None,  # set by _pair_quality over the examples every method finished
+        f1=None,
+        auroc=None,
     )
+
+
+def _pair_quality(summaries: list[MethodSummary], rows: Sequence[dict[str, Any]]) -> None:
+    """Set each summary's quality means over the examples every method finished: a method that
+    failed on the hard examples must not look better for it."""
+    finished: dict[str, set[str]] = {s.method: set() for s in summaries}
+    for row in rows:
+        if "metrics" in row:
+            finished[row["method"]].add(row["id"])
+    common = set.intersection(*finished.values()) if finished else set()
+    for s in summaries:
+        values: dict[str, list[float]] = {"iou": [], "f1": [], "auroc": []}
+        for row in rows:
+            if row["method"] == s.method and row["id"] in common:
+                for k in values:
+                    values[k].append(row["metrics"][k])
+        s.iou, s.f1, s.auroc = _mean(values["iou"]), _mean(values["f1"]), _mean(values["auroc"])
+        s.n_quality = len(common)
 
 
 def compare(config: CompareConfig, out_dir: str | os.PathLike[str], **kwargs: Any) -> CompareReport:
@@ -370,7 +397,12 @@ def format_table(report: CompareReport) -> str:
         f"{n} examples, closed model {report.closed}; {report.pricing_note} [{report.price_source}]",
     ]
     if failed:
-        lines.append(f"{failed} explanations failed (see rows[].error in {JSON_FILE})")
+        per = ", ".join(f"{s.method} {s.n_failed}" for s in report.methods if s.n_failed)
+        quality_n = report.methods[0].n_quality if report.methods else 0
+        lines.append(
+            f"{failed} explanations failed ({per}; see rows[].error in {JSON_FILE}); IoU/F1/AUROC are "
+            f"over the {quality_n} examples every method finished"
+        )
     return "\n".join(lines)
 
 

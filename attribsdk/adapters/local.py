@@ -80,6 +80,10 @@ class LocalClosedModel:
                 )
             return self._handle
 
+    async def load(self) -> None:
+        """Load the model now rather than on the first call (e.g. before timing the calls)."""
+        await self._get_handle()
+
     async def generate(self, messages: list[Message], params: GenerationParams) -> Completion:
         handle = await self._get_handle()
         completion = await anyio.to_thread.run_sync(handle.generate, list(messages), params)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from attribsdk import Explainer
+from attribsdk.adapters.base import Usage
 from attribsdk.compare import CompareConfig, acompare
 from attribsdk.cost import Price, Pricing
 from attribsdk.eval.datasets import LabeledExample
@@ -127,3 +128,28 @@ async def test_compare_report_counts_match_server_log(
     assert sum(s.closed_calls for s in again.methods) == 0
     assert sum(s.cache_hits for s in again.methods) == total
     assert again.methods[2].avoided_usd == pytest.approx(report.methods[2].cost_usd)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_compare_prices_calls_as_another_model(
+    server: FakeLLMServer, tiny: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """price_as prices every call of the closed model as that model would have charged for it."""
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    example = LabeledExample(
+        id="q", dataset="custom", prompt=build_prompt(QUESTION, features="words"), gold=(4, 10)
+    )
+    sonnet = "anthropic:claude-sonnet-4-5"
+    report = await acompare(
+        CompareConfig(methods=("rope-lime-loo",), closed="openai:my-model", price_as=sonnet),
+        tmp_path / "out",
+        examples=[example],
+        surrogate=tiny,
+        closed_options={"base_url": server.openai_base_url},
+    )
+    (summary,) = report.methods
+    expected = Pricing().cost(
+        sonnet, Usage(input_tokens=summary.input_tokens, output_tokens=summary.output_tokens)
+    )
+    assert summary.closed_calls == 1 and summary.cost_usd == pytest.approx(expected)
+    assert "AS IF " + sonnet in report.pricing_note and "priced as " + sonnet in report.price_source

@@ -339,6 +339,33 @@ def test_cost_quality_and_metric_plots(tmp_path: Path) -> None:
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["2-3", "4-5"]
 
 
+def test_compare_quality_is_over_the_examples_every_method_finished() -> None:
+    """gSMILE failing on the hard example must not raise its AUROC above RoPE-LIME's."""
+    from attribsdk.compare import CompareConfig, CompareReport, MethodSummary, _pair_quality, format_table
+
+    def summary(name: str, failed: int) -> MethodSummary:
+        return MethodSummary(
+            method=name, n_examples=2, n_ok=2 - failed, n_failed=failed, closed_calls=2, failed_calls=0,
+            http_attempts=2, cache_hits=0, input_tokens=1, output_tokens=1, cost_usd=0.0,
+            avoided_usd=0.0, wall_seconds=1.0, surrogate_sequences=0, iou=None, f1=None, auroc=None,
+        )  # fmt: skip
+
+    def row(method: str, example: str, auroc: float) -> dict[str, Any]:
+        return {"method": method, "id": example, "metrics": {"iou": auroc, "f1": auroc, "auroc": auroc}}
+
+    rows = [row("rope-lime", "easy", 0.9), row("rope-lime", "hard", 0.3), row("gsmile", "easy", 0.8)]
+    rows.append({"method": "gsmile", "id": "hard", "error": "BudgetExceeded: ..."})
+    summaries = [summary("rope-lime", 0), summary("gsmile", 1)]
+    _pair_quality(summaries, rows)
+    assert [(s.auroc, s.n_quality) for s in summaries] == [(0.9, 1), (0.8, 1)]  # not 0.6 vs 0.8
+    report = CompareReport(
+        config=CompareConfig(n_examples=2), closed="local:smollm2", pricing_note="", price_source="t",
+        examples=["easy", "hard"], methods=summaries, rows=rows,
+    )  # fmt: skip
+    assert "1 explanations failed (gsmile 1;" in format_table(report)
+    assert "over the 1 examples every method finished" in format_table(report)
+
+
 def test_explanation_module_does_not_import_plotting_or_rich() -> None:
     import subprocess
     import sys
