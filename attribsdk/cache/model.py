@@ -19,7 +19,7 @@ import anyio
 from ..adapters.base import ClosedModel, Completion, GenerationParams, Message
 from ..adapters.wrappers import ModelWrapper, describe_request
 from ..cost import CallLedger
-from ..errors import ConfigError, TruncatedOutputError
+from ..errors import AttribError, ConfigError, TruncatedOutputError
 from .backend import CacheBackend
 from .keys import request_key
 from .store import CacheEntry
@@ -36,6 +36,19 @@ class _Flight:
     done: anyio.Event = field(default_factory=anyio.Event)
     result: Completion | None = None
     error: Exception | None = None
+
+
+def _own_copy(error: Exception) -> Exception:
+    """The leader's error for one of its followers: a copy with its own ``partial``, since callers
+    add to ``partial`` what they know (their own answer, their cost) and must not mix them."""
+    if not isinstance(error, AttribError):
+        return error
+    cls = type(error)
+    mine = cls.__new__(cls, *error.args)  # not __init__: subclasses take keyword-only fields
+    mine.__dict__.update(error.__dict__)
+    mine.partial = dict(error.partial)
+    mine.__cause__, mine.__suppress_context__ = error.__cause__, error.__suppress_context__
+    return mine
 
 
 class CachedModel(ModelWrapper):
@@ -90,7 +103,10 @@ class CachedModel(ModelWrapper):
             if flight.result is not None:
                 return self._hit(flight.result)
             if flight.error is not None:
-                raise flight.error
+                answered = getattr(flight.error, "partial", {}).get("completion")
+                if isinstance(flight.error, TruncatedOutputError) and isinstance(answered, Completion):
+                    return self._hit(answered)  # stored by the leader: served (or refused) as a hit
+                raise _own_copy(flight.error)
             # The leader was cancelled before finishing: try again (one of us becomes the leader).
         flight = _Flight()
         flights[key] = flight

@@ -227,7 +227,7 @@ async def test_errors_are_never_cached_and_are_shared_with_waiters(
     async with ResponseCache(tmp_path) as cache:
         model = CachedModel(inner, cache)
         server.inject(Fault(status=400, delay=0.05))
-        errors: list[BaseException] = []
+        errors: list[APIStatusError] = []
 
         async def one() -> None:
             try:
@@ -240,6 +240,9 @@ async def test_errors_are_never_cached_and_are_shared_with_waiters(
                 tg.start_soon(one)
         assert len(errors) == 10 and server.calls(CHAT) == 1  # one upstream failure, seen by all
         assert cache.stats().entries == 0
+        # each waiter gets its own copy: what one caller adds to partial the others do not see
+        assert len({id(e) for e in errors}) == 10 and len({id(e.partial) for e in errors}) == 10
+        assert {(type(e), str(e), e.status_code) for e in errors} == {(type(errors[0]), str(errors[0]), 400)}
         assert (await model.generate(ask(), PARAMS)).text == "Answer to: question 0"
         assert server.calls(CHAT) == 2 and cache.stats().entries == 1
     await inner.aclose()
@@ -284,6 +287,21 @@ async def test_truncated_answers_are_kept_and_refused_again_for_free(
             with pytest.raises(TruncatedOutputError):
                 await CachedModel(lenient, cache).generate(ask(), other)
         assert server.calls(CHAT) == 2 and cache.stats().entries == 2
+        # waiters on a truncated leader are served its stored answer as hits (refused, unpaid)
+        server.inject(Fault(delay=0.05))
+        waiting = CachedModel(strict, cache, ledger=ledger)
+        refused: list[TruncatedOutputError] = []
+
+        async def one() -> None:
+            with pytest.raises(TruncatedOutputError) as info:
+                await waiting.generate(ask("concurrent"), short)
+            refused.append(info.value)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(one)
+        assert server.calls(CHAT) == 3 and ledger.report().cache_hits == 2 + 4
+        assert sorted(e.partial["completion"].cached for e in refused) == [False] + [True] * 4
     await strict.aclose()
     await lenient.aclose()
 
