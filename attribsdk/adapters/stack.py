@@ -112,7 +112,9 @@ def build_closed_model(
         timeout: seconds per HTTP attempt (model strings of HTTP providers only).
         max_attempts: HTTP attempts per call, first included (shorthand for ``retry``).
         retry: the full retry policy (model strings of HTTP providers only).
-        allow_truncated: accept and cache answers cut at ``max_tokens``.
+        allow_truncated: accept answers cut at ``max_tokens`` (HTTP providers given as strings;
+            a ready adapter keeps its own setting). The cache follows the adapter: refused
+            answers are stored too (they were billed) and refused again from the cache.
         options: passed to the provider's factory (``api_key_env=``, ``base_url=``, ``api=``...).
     """
     if retry is not None and max_attempts is not None:
@@ -168,7 +170,11 @@ def build_closed_model(
         stacked = LimitedModel(stacked, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm)
     stacked = MeteredModel(stacked, ledger)
     if store is not None:
-        stacked = CachedModel(stacked, store, ledger=ledger, allow_truncated=allow_truncated)
+        # The cache replays the adapter's own policy: HTTP adapters refuse truncated answers unless
+        # allowed; local, test and function models never do (a hit must not refuse what a fresh
+        # call returned).
+        follows = bool(getattr(adapter, "allow_truncated", True))
+        stacked = CachedModel(stacked, store, ledger=ledger, allow_truncated=follows)
     return ClosedModelStack(
         stacked, adapter=adapter, ledger=ledger, cache=store, owns_adapter=owns_adapter, owns_cache=owns_cache
     )

@@ -385,6 +385,22 @@ async def test_stack_from_string_passes_http_options(server: FakeLLMServer) -> N
     assert stack.ledger.report().cost_usd is None
 
 
+async def test_the_cache_follows_the_adapters_truncation_policy(tmp_path: Path) -> None:
+    """A model that never refuses truncated answers (local, test, function) gets them from the
+    cache too; before, a cached stack refused on a hit what the fresh call had returned."""
+    calls: list[int] = []
+
+    def cut(messages: list[Message], params: GenerationParams) -> Completion:
+        calls.append(1)
+        return Completion(text="Par", model="function:model", finish_reason="length")
+
+    stack = build_closed_model(FunctionModel(cut), cache=tmp_path, pricing=priced())
+    fresh = await stack.generate(ask(), PARAMS)
+    hit = await stack.generate(ask(), PARAMS)
+    assert (fresh.text, fresh.cached, hit.text, hit.cached) == ("Par", False, "Par", True) and len(calls) == 1
+    await stack.aclose()
+
+
 async def test_function_model_through_the_stack() -> None:
     stack = build_closed_model(
         FunctionModel(lambda m, p: m[-1].content.upper(), name="test:model"), pricing=priced()
