@@ -237,23 +237,17 @@ def test_resume_refuses_rows_of_another_surrogate_load_and_answers_of_other_sett
     # would put float32 rows beside them in one table, so it is refused before anything runs
     stored = [{**r, "runtime": {**runtime, "dtype": "bfloat16"}} for r in rows]
     (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stored))
+    def resume() -> Any:
+        options: dict[str, Any] = {"closed": closed, "surrogates": {"tiny": tiny}, "examples": examples}
+        return run_benchmark(_config(), out, **options, resume=True, report=False)
+
     with pytest.raises(ConfigError, match="dtype: 'bfloat16' -> 'float32'"):
-        run_benchmark(
-            _config(),
-            out,
-            closed=closed,
-            surrogates={"tiny": tiny},
-            examples=examples,
-            resume=True,
-            report=False,
-        )
+        resume()
     assert len(load_rows(out)) == 2 and len(closed.calls) == 2
     # rows written before runtimes were recorded carry none: they are not compared
     legacy = [{k: v for k, v in r.items() if k != "runtime"} for r in rows]
     (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in legacy))
-    again = run_benchmark(
-        _config(), out, closed=closed, surrogates={"tiny": tiny}, examples=examples, resume=True, report=False
-    )
+    again = resume()
     assert again.computed == 2 and all(r["runtime"] == runtime for r in again.rows[2:])
 
     # stored answers alone (the rows were deleted to recompute) still hold their settings
