@@ -237,6 +237,7 @@ def test_resume_refuses_rows_of_another_surrogate_load_and_answers_of_other_sett
     # would put float32 rows beside them in one table, so it is refused before anything runs
     stored = [{**r, "runtime": {**runtime, "dtype": "bfloat16"}} for r in rows]
     (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stored))
+
     def resume() -> Any:
         options: dict[str, Any] = {"closed": closed, "surrogates": {"tiny": tiny}, "examples": examples}
         return run_benchmark(_config(), out, **options, resume=True, report=False)
