@@ -106,7 +106,10 @@ class RopeLime:
         t0 = time.perf_counter()
         rng = np.random.default_rng(parts.seed)
         masks = cfg.sampler.sample(prompt.n_features, rng)
-        rendered = [prompt.render(row) for row in masks]
+        # A design can repeat a row (Sparse-K with few features has fewer distinct rows than it
+        # draws): each distinct prompt is scored once and its scores go to every copy.
+        distinct, copies = _distinct_rows(masks)
+        rendered = [prompt.render(row) for row in distinct]
         timings["sampling"] = time.perf_counter() - t0
 
         capture = None
@@ -119,14 +122,18 @@ class RopeLime:
         scores = await anyio.to_thread.run_sync(parts.scorer.score, request)
         timings["scoring"] = time.perf_counter() - t0
 
+        targets = np.asarray(scores.targets, dtype=np.float64)[copies]
+        answer_logprobs = np.asarray(scores.answer_logprobs, dtype=np.float64)[copies]
+        spans = None if scores.spans is None else [scores.spans[i] for i in copies]
+
         t0 = time.perf_counter()
-        loc = cfg.kernel.weights(masks, scores.spans)
+        loc = cfg.kernel.weights(masks, spans)
         timings["locality"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         # Regress closeness to the unmasked answer on the keep-mask: a positive coefficient means
         # keeping the feature keeps the surrogate near the answer, i.e. the feature supports it.
-        y = -np.asarray(scores.targets, dtype=np.float64)
+        y = -targets
         fit = cfg.solver.fit(masks.astype(np.float64), y, loc.weights)
         attributions = normalize_attributions(fit.coef)
         timings["regression"] = time.perf_counter() - t0
@@ -139,13 +146,27 @@ class RopeLime:
             answer_tokens=list(scores.answer_tokens),
             samples=Samples(
                 masks=masks.astype(int).tolist(),
-                targets=[float(v) for v in scores.targets],
+                targets=[float(v) for v in targets],
                 distances=[float(v) for v in loc.distances],
                 weights=[float(v) for v in loc.weights],
-                answer_logprobs=np.asarray(scores.answer_logprobs, dtype=np.float64).tolist(),
+                answer_logprobs=answer_logprobs.tolist(),
             ),
             surrogate_sequences=scores.n_sequences,
             surrogate_tokens=scores.n_tokens,
             timings=timings,
-            extras={"sigma": float(loc.sigma), **scores.extras},
+            extras={"sigma": float(loc.sigma), "repeated_rows": len(masks) - len(distinct), **scores.extras},
         )
+
+
+def _distinct_rows(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of ``masks`` in order of first appearance (row 0 stays first) and, for
+    every row, the index of its distinct copy."""
+    first: dict[bytes, int] = {}
+    order: list[int] = []
+    copies = np.empty(len(masks), dtype=np.int64)
+    for i, row in enumerate(masks):
+        j = first.setdefault(np.ascontiguousarray(row).tobytes(), len(order))
+        if j == len(order):
+            order.append(i)
+        copies[i] = j
+    return masks[order], copies

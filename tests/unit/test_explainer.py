@@ -54,7 +54,14 @@ async def test_explain_runs_every_stage_and_reports_counts(tiny: Any) -> None:
     np.testing.assert_allclose(res.attributions, coef / coef.sum())
     assert res.samples is not None and res.samples.masks[0] == [1] * m
     assert res.counts.closed_calls == 1 and res.counts.cache_hits == 0
-    assert res.counts.surrogate_sequences == len(res.samples.masks)
+    # each distinct prompt is scored once; a repeated mask row (4 features, 6 rows) shares its scores
+    distinct = {tuple(row) for row in res.samples.masks}
+    assert res.counts.surrogate_sequences == len(distinct) < len(res.samples.masks)
+    assert res.engine["repeated_rows"] == len(res.samples.masks) - len(distinct)
+    by_row: dict[tuple[int, ...], set[float]] = {}
+    for row, target in zip(res.samples.masks, res.samples.targets, strict=True):
+        by_row.setdefault(tuple(row), set()).add(target)
+    assert all(len(targets) == 1 for targets in by_row.values())
     assert res.counts.surrogate_tokens > 0
     # the engine's own figures travel with the result: rows reuse the reference's cached prefix
     assert 0 < res.engine["computed_tokens"] < res.counts.surrogate_tokens
