@@ -36,6 +36,7 @@ __all__ = [
     "SamplerConfig",
     "SparseK",
     "Uniform",
+    "distinct_rows",
     "make_sampler",
 ]
 
@@ -396,3 +397,18 @@ def make_sampler(spec: str | Mapping[str, Any] | Sampler) -> Sampler:
     """
     result: Sampler = build_strategy(spec, _SAMPLERS, Sampler, "sampler")
     return result
+
+
+def distinct_rows(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of ``masks`` in order of first appearance (row 0 stays first) and, for
+    every row, the index of its distinct copy: score ``distinct`` once, then ``scores[copies]``
+    gives every row its scores."""
+    first: dict[bytes, int] = {}
+    order: list[int] = []
+    copies = np.empty(len(masks), dtype=np.int64)
+    for i, row in enumerate(masks):
+        j = first.setdefault(np.ascontiguousarray(row).tobytes(), len(order))
+        if j == len(order):
+            order.append(i)
+        copies[i] = j
+    return masks[order], copies

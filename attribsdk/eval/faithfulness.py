@@ -86,6 +86,7 @@ from scipy.stats import spearmanr
 from .._strategy import ConfigModel
 from ..errors import ConfigError, InputError, ScoringError
 from ..prompt import Prompt
+from ..sampling import distinct_rows
 from ..scoring.base import Scorer, ScoringRequest
 
 __all__ = [
@@ -192,15 +193,8 @@ def score_masks(scorer: Scorer, prompt: Prompt, answer: str, masks: np.ndarray) 
     arr = np.asarray(masks)
     if arr.ndim != 2 or arr.shape[1] != m:
         raise InputError(f"masks must be [N, {m}] for a prompt with {m} features, got shape {arr.shape}")
-    full = np.ones(m, dtype=bool)
-    unique: list[np.ndarray] = [full]
-    index: dict[bytes, int] = {full.tobytes(): 0}
-    for row in arr.astype(bool):
-        key = row.tobytes()
-        if key not in index:
-            index[key] = len(unique)
-            unique.append(row.copy())
-    stack = np.vstack(unique)
+    stack, _ = distinct_rows(np.vstack([np.ones((1, m), dtype=bool), arr.astype(bool)]))
+    index = {row.tobytes(): i for i, row in enumerate(stack)}
     request = ScoringRequest(prompts=[prompt.render(row) for row in stack], answer=answer, target="kl")
     result = scorer.score(request)
     lp = np.asarray(result.answer_logprobs, dtype=np.float64)

@@ -17,7 +17,7 @@ from ..explanation import Samples
 from ..locality import KernelConfig, make_kernel, polar_pool
 from ..prompt import Prompt
 from ..regression import SolverConfig, make_solver, normalize_attributions
-from ..sampling import SamplerConfig, make_sampler
+from ..sampling import SamplerConfig, distinct_rows, make_sampler
 from ..scoring.base import CaptureSpec, ScoringRequest
 from .base import MethodParts, MethodResult
 
@@ -108,7 +108,7 @@ class RopeLime:
         masks = cfg.sampler.sample(prompt.n_features, rng)
         # A design can repeat a row (Sparse-K with few features has fewer distinct rows than it
         # draws): each distinct prompt is scored once and its scores go to every copy.
-        distinct, copies = _distinct_rows(masks)
+        distinct, copies = distinct_rows(masks)
         rendered = [prompt.render(row) for row in distinct]
         timings["sampling"] = time.perf_counter() - t0
 
@@ -156,17 +156,3 @@ class RopeLime:
             timings=timings,
             extras={"sigma": float(loc.sigma), "repeated_rows": len(masks) - len(distinct), **scores.extras},
         )
-
-
-def _distinct_rows(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct rows of ``masks`` in order of first appearance (row 0 stays first) and, for
-    every row, the index of its distinct copy."""
-    first: dict[bytes, int] = {}
-    order: list[int] = []
-    copies = np.empty(len(masks), dtype=np.int64)
-    for i, row in enumerate(masks):
-        j = first.setdefault(np.ascontiguousarray(row).tobytes(), len(order))
-        if j == len(order):
-            order.append(i)
-        copies[i] = j
-    return masks[order], copies

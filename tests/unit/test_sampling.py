@@ -15,6 +15,7 @@ from attribsdk.sampling import (
     SamplerConfig,
     SparseK,
     Uniform,
+    distinct_rows,
     make_sampler,
 )
 
@@ -333,3 +334,11 @@ def test_make_sampler_errors() -> None:
         make_sampler({"kind": "uniform", "p": 3})
     with pytest.raises(ConfigError, match="got int"):
         make_sampler(3)  # type: ignore[call-overload]
+
+
+def test_distinct_rows_keep_first_appearance_order_and_map_every_copy() -> None:
+    masks = np.array([[1, 1, 1], [0, 1, 1], [1, 0, 1], [0, 1, 1], [1, 1, 1], [1, 0, 1]], dtype=bool)
+    distinct, copies = distinct_rows(masks)
+    np.testing.assert_array_equal(distinct, masks[[0, 1, 2]])
+    assert copies.tolist() == [0, 1, 2, 1, 0, 2]
+    np.testing.assert_array_equal(distinct[copies], masks)
