@@ -439,48 +439,36 @@ class CallLedger:
 
     def record_completion(self, model_name: str, completion: Completion) -> CallRecord:
         """Record a completion: a paid upstream call, or a cache hit when ``completion.cached``."""
+        record = self._answered(model_name, completion, attempts=completion.attempts)
+        self._record(record)
+        return record
+
+    def _answered(
+        self, model_name: str, completion: Completion, *, attempts: int, error: str | None = None
+    ) -> CallRecord:
+        """The record of a call that got ``completion``: paid, or a cache hit (its price avoided)."""
         cost = self.pricing.cost(model_name, completion.usage, response_model=completion.model)
-        record = CallRecord(
+        return CallRecord(
             model=model_name,
             response_model=completion.model,
             cached=completion.cached,
-            attempts=completion.attempts,
+            attempts=attempts,
             usage=completion.usage,
             cost_usd=0.0 if completion.cached else cost,
             avoided_usd=cost if completion.cached else 0.0,
             finish_reason=completion.finish_reason,
+            error=error,
         )
-        self._record(record)
-        return record
 
     def record_failure(self, model_name: str, error: BaseException) -> CallRecord:
         """Record an upstream call that failed; an answer the error carries is still priced."""
         attempts = int(getattr(error, "attempts", 0) or 0)
         partial = error.partial if isinstance(error, AttribError) else {}
         answered = partial.get("completion")
-        if isinstance(answered, Completion) and answered.cached:
-            # a cached answer refused for this caller (truncated): no call was made, none is paid
-            price = self.pricing.cost(model_name, answered.usage, response_model=answered.model)
-            record = CallRecord(
-                model=model_name,
-                response_model=answered.model,
-                cached=True,
-                usage=answered.usage,
-                cost_usd=0.0,
-                avoided_usd=price,
-                finish_reason=answered.finish_reason,
-                error=type(error).__name__,
-            )
-        elif isinstance(answered, Completion):  # e.g. a truncated answer: the provider billed it
-            record = CallRecord(
-                model=model_name,
-                response_model=answered.model,
-                attempts=attempts,
-                usage=answered.usage,
-                cost_usd=self.pricing.cost(model_name, answered.usage, response_model=answered.model),
-                finish_reason=answered.finish_reason,
-                error=type(error).__name__,
-            )
+        if isinstance(answered, Completion):
+            # e.g. a truncated answer: the provider billed it; a cached one (refused to this
+            # caller) was not called for, and counts as a hit
+            record = self._answered(model_name, answered, attempts=attempts, error=type(error).__name__)
         else:  # no answer came back: nothing is billed
             record = CallRecord(model=model_name, attempts=attempts, cost_usd=0.0, error=type(error).__name__)
         self._record(record)

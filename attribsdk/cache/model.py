@@ -102,11 +102,13 @@ class CachedModel(ModelWrapper):
             await flight.done.wait()
             if flight.result is not None:
                 return self._hit(flight.result)
-            if flight.error is not None:
-                answered = getattr(flight.error, "partial", {}).get("completion")
-                if isinstance(flight.error, TruncatedOutputError) and isinstance(answered, Completion):
+            error = flight.error
+            if isinstance(error, TruncatedOutputError):
+                answered = error.partial.get("completion")
+                if isinstance(answered, Completion):
                     return self._hit(answered)  # stored by the leader: served (or refused) as a hit
-                raise _own_copy(flight.error)
+            if error is not None:
+                raise _own_copy(error)
             # The leader was cancelled before finishing: try again (one of us becomes the leader).
         flight = _Flight()
         flights[key] = flight
@@ -143,13 +145,7 @@ class CachedModel(ModelWrapper):
                 raise
             if self.cacheable(completion):
                 await self._store(key, request, completion)
-            if completion.finish_reason == "length" and not self.allow_truncated:
-                raise TruncatedOutputError(
-                    f"{self.name}: the answer was cut at max_tokens; raise max_tokens or allow "
-                    "truncated answers",
-                    partial={"completion": completion},
-                )
-            return completion
+            return self._refuse_truncated(completion)
 
     async def _store(self, key: str, request: dict[str, object], completion: Completion) -> None:
         try:
@@ -161,12 +157,15 @@ class CachedModel(ModelWrapper):
         hit = completion.model_copy(update={"cached": True, "attempts": 0})
         if self.ledger is not None:
             self.ledger.record_completion(self.name, hit)
-        if hit.finish_reason == "length" and not self.allow_truncated:
-            # Stored (or being answered) for a caller that accepts truncated answers: this one does
-            # not. Refuse it as the model would, keeping the answer, without paying for it again.
+        return self._refuse_truncated(hit)
+
+    def _refuse_truncated(self, completion: Completion) -> Completion:
+        """``completion``, unless it was cut at ``max_tokens`` and this caller does not allow that:
+        then it is refused as the model would, the answer kept (a cached one costs nothing more)."""
+        if completion.finish_reason == "length" and not self.allow_truncated:
+            what = "the cached answer" if completion.cached else "the answer"
             raise TruncatedOutputError(
-                f"{self.name}: the cached answer was cut at max_tokens; raise max_tokens or allow "
-                "truncated answers",
-                partial={"completion": hit},
+                f"{self.name}: {what} was cut at max_tokens; raise max_tokens or allow truncated answers",
+                partial={"completion": completion},
             )
-        return hit
+        return completion

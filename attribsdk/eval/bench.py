@@ -484,7 +484,6 @@ def _check_runtime(
     """Refuse to add rows computed by a surrogate loaded differently (another model behind the same
     name, another device or dtype) from the rows already stored under its name. Rows written
     before runtimes were recorded carry none and are not compared."""
-    changed: list[str] = []
     for row in existing:
         stored, now = row.get("runtime"), runtimes.get(str(row.get("surrogate")))
         if not isinstance(stored, Mapping) or now is None:
@@ -493,14 +492,11 @@ def _check_runtime(
             f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in RUNTIME_FIELDS if stored.get(k) != now.get(k)
         ]
         if diff:
-            changed.append(f"surrogate {row.get('surrogate')!r} ({', '.join(diff)})")
-            break
-    if changed:
-        raise ConfigError(
-            f"{out} holds rows computed by another load of the surrogate ({'; '.join(changed)}); "
-            "resume with the same model, device and dtype (e.g. device='cpu', dtype='float32'), "
-            "or pick a new directory"
-        )
+            raise ConfigError(
+                f"{out} holds rows computed by another load of the surrogate "
+                f"(surrogate {row.get('surrogate')!r} ({', '.join(diff)})); resume with the same model, "
+                "device and dtype (e.g. device='cpu', dtype='float32'), or pick a new directory"
+            )
 
 
 @dataclass(frozen=True)
