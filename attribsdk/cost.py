@@ -205,6 +205,11 @@ class Pricing:
         logger.warning(message)
 
 
+def _plus(a: float | None, b: float | None) -> float | None:
+    """A sum of dollars where ``None`` (unknown) wins."""
+    return None if a is None or b is None else a + b
+
+
 def _split_name(model_name: str) -> tuple[str, str]:
     """``(provider, model)`` of a model's name; ``("", name)`` without a ``provider:`` prefix.
 
@@ -240,6 +245,9 @@ class CallRecord(BaseModel):
     cached: bool = False
     attempts: int = 0
     usage: Usage = Usage()
+    #: Tokens of answers the provider sent but the adapter discarded and retried (unreadable
+    #: bodies that still reported their usage); priced into ``cost_usd``.
+    discarded_usage: Usage = Usage()
     #: Dollars paid (0 for cache hits; ``None`` when the model's price is unknown).
     cost_usd: float | None = 0.0
     #: Dollars a cache hit saved (``None`` when unknown; 0 for upstream calls).
@@ -256,7 +264,9 @@ class CostReport(BaseModel):
     included); ``cancelled_calls`` those cancelled before an answer came back (they may or may not
     have reached it, and are not counted against ``Budget.max_calls``); ``http_attempts`` counts
     every HTTP attempt, retries included. ``tokens`` are the
-    tokens of upstream calls; ``avoided_tokens`` those that cache hits did not spend again.
+    tokens of upstream calls, ``discarded_tokens`` included: the part of them that answers
+    discarded and retried (a 200 response whose body did not fit the API's schema) reported;
+    ``avoided_tokens`` those that cache hits did not spend again.
     ``cost_usd`` is ``None`` when some upstream call has no known price (see ``unpriced_calls``).
     """
 
@@ -266,6 +276,7 @@ class CostReport(BaseModel):
     http_attempts: int = 0
     cache_hits: int = 0
     tokens: Usage = Usage()
+    discarded_tokens: Usage = Usage()
     avoided_tokens: Usage = Usage()
     cost_usd: float | None = 0.0
     avoided_usd: float | None = 0.0
@@ -297,7 +308,8 @@ class CostReport(BaseModel):
                 continue
             report.closed_calls += 1
             report.failed_calls += r.error is not None
-            report.tokens += r.usage
+            report.tokens += r.usage + r.discarded_usage
+            report.discarded_tokens += r.discarded_usage
             if r.cost_usd is None:
                 report.unpriced_calls += 1
                 costs = None
@@ -312,9 +324,6 @@ class CostReport(BaseModel):
         if not isinstance(other, CostReport):
             return NotImplemented
 
-        def add(a: float | None, b: float | None) -> float | None:
-            return None if a is None or b is None else a + b
-
         sources = (
             self.price_source
             if self.price_source == other.price_source
@@ -327,9 +336,10 @@ class CostReport(BaseModel):
             http_attempts=self.http_attempts + other.http_attempts,
             cache_hits=self.cache_hits + other.cache_hits,
             tokens=self.tokens + other.tokens,
+            discarded_tokens=self.discarded_tokens + other.discarded_tokens,
             avoided_tokens=self.avoided_tokens + other.avoided_tokens,
-            cost_usd=add(self.cost_usd, other.cost_usd),
-            avoided_usd=add(self.avoided_usd, other.avoided_usd),
+            cost_usd=_plus(self.cost_usd, other.cost_usd),
+            avoided_usd=_plus(self.avoided_usd, other.avoided_usd),
             unpriced_calls=self.unpriced_calls + other.unpriced_calls,
             price_source=sources,
             budget=self.budget if self.budget == other.budget else None,
@@ -346,7 +356,13 @@ class CostReport(BaseModel):
             + (f", {self.cancelled_calls} cancelled" if self.cancelled_calls else "")
             + "), "
             f"{self.cache_hits} cache hits; tokens in {t.input_tokens} (cached {t.cache_read_tokens}) "
-            f"out {t.output_tokens} (reasoning {t.reasoning_tokens}); cost {cost}, avoided {avoided} "
+            f"out {t.output_tokens} (reasoning {t.reasoning_tokens})"
+            + (
+                f" incl. {d.input_tokens} in / {d.output_tokens} out of discarded answers"
+                if (d := self.discarded_tokens) != Usage()
+                else ""
+            )
+            + f"; cost {cost}, avoided {avoided} "
             f"[{self.price_source}]"
         )
 
@@ -446,29 +462,50 @@ class CallLedger:
     def _answered(
         self, model_name: str, completion: Completion, *, attempts: int, error: str | None = None
     ) -> CallRecord:
-        """The record of a call that got ``completion``: paid, or a cache hit (its price avoided)."""
+        """The record of a call that got ``completion``: paid, or a cache hit (its price avoided).
+
+        A paid call also pays for the answers its adapter discarded (``discarded_usage``)."""
         cost = self.pricing.cost(model_name, completion.usage, response_model=completion.model)
+        discarded = Usage() if completion.cached else completion.discarded_usage
+        paid = _plus(cost, self._discarded_cost(model_name, discarded, completion.model))
         return CallRecord(
             model=model_name,
             response_model=completion.model,
             cached=completion.cached,
             attempts=attempts,
             usage=completion.usage,
-            cost_usd=0.0 if completion.cached else cost,
+            discarded_usage=discarded,
+            cost_usd=0.0 if completion.cached else paid,
             avoided_usd=cost if completion.cached else 0.0,
             finish_reason=completion.finish_reason,
             error=error,
         )
+
+    def _discarded_cost(self, model_name: str, usage: Usage, response_model: str | None) -> float | None:
+        """USD for discarded answers' tokens, summed over attempts and priced as one call (the
+        long-context tier of a provider applies to their sum)."""
+        if usage == Usage():
+            return 0.0
+        return self.pricing.cost(model_name, usage, response_model=response_model)
 
     def record_failure(self, model_name: str, error: BaseException) -> CallRecord:
         """Record an upstream call that failed; an answer the error carries is still priced."""
         attempts = int(getattr(error, "attempts", 0) or 0)
         partial = error.partial if isinstance(error, AttribError) else {}
         answered = partial.get("completion")
+        discarded = partial.get("discarded_usage")
         if isinstance(answered, Completion):
             # e.g. a truncated answer: the provider billed it; a cached one (refused to this
             # caller) was not called for, and counts as a hit
             record = self._answered(model_name, answered, attempts=attempts, error=type(error).__name__)
+        elif isinstance(discarded, Usage):  # every answer was unreadable, but reported its tokens
+            record = CallRecord(
+                model=model_name,
+                attempts=attempts,
+                discarded_usage=discarded,
+                cost_usd=self._discarded_cost(model_name, discarded, None),
+                error=type(error).__name__,
+            )
         else:  # no answer came back: nothing is billed
             record = CallRecord(model=model_name, attempts=attempts, cost_usd=0.0, error=type(error).__name__)
         self._record(record)

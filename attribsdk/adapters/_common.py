@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from .._strategy import validation_problems
 from ..errors import (
@@ -39,6 +39,7 @@ __all__ = [
     "complete_with_retries",
     "missing_usage",
     "parse_json_object",
+    "readable_usage",
     "redact",
     "resolve_api_key",
     "sdk_failure",
@@ -222,9 +223,30 @@ async def complete_with_retries(
 ) -> Completion:
     """Run ``attempt`` under ``retry``, record the HTTP attempts in the completion, and refuse an
     answer cut at ``max_tokens`` (:class:`TruncatedOutputError`, answer kept in ``partial``) unless
-    ``allow_truncated``."""
-    completion, attempts = await call_with_retries(attempt, retry, label=label)
-    completion = completion.model_copy(update={"attempts": attempts})
+    ``allow_truncated``.
+
+    Tokens that discarded answers reported (:attr:`RetryableFailure.billed`) are summed into the
+    completion's ``discarded_usage``, or into the final error's ``partial["discarded_usage"]``, so
+    the ledger prices every answer the provider sent, kept or not.
+    """
+    discarded = Usage()
+
+    async def tracked() -> Completion:
+        nonlocal discarded
+        try:
+            return await attempt()
+        except RetryableFailure as failure:
+            if failure.billed is not None:
+                discarded += failure.billed
+            raise
+
+    try:
+        completion, attempts = await call_with_retries(tracked, retry, label=label)
+    except AdapterError as exc:
+        if discarded != Usage():
+            exc.partial["discarded_usage"] = discarded
+        raise
+    completion = completion.model_copy(update={"attempts": attempts, "discarded_usage": discarded})
     if completion.finish_reason == "length" and not allow_truncated:
         raise TruncatedOutputError(
             f"{label}: the answer was cut at max_tokens={max_tokens}; raise max_tokens "
@@ -252,6 +274,20 @@ def parse_json_object(text: str, *, label: str, provider: str) -> dict[str, Any]
         )
         raise RetryableFailure(error)
     return data
+
+
+UsageT = TypeVar("UsageT", bound=BaseModel)
+
+
+def readable_usage(
+    data: Mapping[str, Any], schema: type[UsageT], convert: Callable[[UsageT], Usage]
+) -> Usage | None:
+    """The usage of a response whose body did not fit the schema: ``data["usage"]`` validated on
+    its own against ``schema`` and converted, or ``None`` when it is missing or unreadable too."""
+    try:
+        return convert(schema.model_validate(data.get("usage")))
+    except ValidationError:
+        return None
 
 
 class _Closable(Protocol):
@@ -385,11 +421,15 @@ class SDKModel(Generic[ClientT, RequestT]):
             logprobs_requested=logprobs_requested,
         )
 
-    def _invalid(self, exc: ValidationError) -> RetryableFailure:
-        """A response that does not fit the expected schema: retryable, the first problems named."""
+    def _invalid(self, exc: ValidationError, billed: Usage | None = None) -> RetryableFailure:
+        """A response that does not fit the expected schema: retryable, the first problems named.
+
+        ``billed``: the usage the discarded response reported, when it could be read (see
+        :func:`readable_usage`)."""
         problems = validation_problems(exc, limit=5)
         return RetryableFailure(
             InvalidResponseError(
                 f"{self.name}: unexpected response shape ({problems})", provider=self.provider
-            )
+            ),
+            billed=billed,
         )

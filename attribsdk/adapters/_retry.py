@@ -29,6 +29,7 @@ from tenacity import (
 )
 
 from ..errors import AdapterError, ConfigError, RequestTimeoutError
+from .base import Usage
 
 __all__ = ["RetryPolicy", "RetryableFailure", "call_with_retries", "is_retryable_status", "parse_retry_after"]
 
@@ -76,12 +77,17 @@ class RetryableFailure(Exception):
     """Signal from an adapter: this attempt failed transiently with ``error``; try again.
 
     ``retry_after`` is the server's requested wait in seconds (already parsed), or ``None``.
+    ``billed`` is the token usage a discarded answer reported (a 200 response whose body did not
+    fit the schema but whose usage could be read): the provider probably billed it.
     """
 
-    def __init__(self, error: AdapterError, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, error: AdapterError, *, retry_after: float | None = None, billed: Usage | None = None
+    ) -> None:
         super().__init__(error.message)
         self.error = error
         self.retry_after = retry_after
+        self.billed = billed
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:

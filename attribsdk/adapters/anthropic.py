@@ -22,6 +22,7 @@ from ._common import (
     SDKModel,
     missing_usage,
     parse_json_object,
+    readable_usage,
 )
 from ._retry import RetryPolicy
 from .base import Completion, GenerationParams, Message, Usage
@@ -69,6 +70,18 @@ class _MessageResponse(_Lenient):
     content: list[_Block]
     stop_reason: str | None = None
     usage: _Usage | None = None
+
+
+def _usage(u: _Usage) -> Usage:
+    cache_read = u.cache_read_input_tokens or 0
+    cache_write = u.cache_creation_input_tokens or 0
+    return Usage(
+        # Anthropic counts cached reads and writes outside input_tokens; ours is the total.
+        input_tokens=u.input_tokens + cache_read + cache_write,
+        output_tokens=u.output_tokens,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+    )
 
 
 class AnthropicModel(SDKModel[anthropic.AsyncAnthropic, dict[str, Any]]):
@@ -183,20 +196,8 @@ class AnthropicModel(SDKModel[anthropic.AsyncAnthropic, dict[str, Any]]):
         try:
             parsed = _MessageResponse.model_validate(data)
         except ValidationError as exc:
-            raise self._invalid(exc) from None
-        u = parsed.usage
-        if u is None:
-            usage = missing_usage(self.name)
-        else:
-            cache_read = u.cache_read_input_tokens or 0
-            cache_write = u.cache_creation_input_tokens or 0
-            usage = Usage(
-                # Anthropic counts cached reads and writes outside input_tokens; ours is the total.
-                input_tokens=u.input_tokens + cache_read + cache_write,
-                output_tokens=u.output_tokens,
-                cache_read_tokens=cache_read,
-                cache_write_tokens=cache_write,
-            )
+            raise self._invalid(exc, readable_usage(data, _Usage, _usage)) from None
+        usage = _usage(parsed.usage) if parsed.usage is not None else missing_usage(self.name)
         reason = parsed.stop_reason
         return Completion(
             text="".join(b.text or "" for b in parsed.content if b.type == "text"),

@@ -31,6 +31,7 @@ from ._common import (
     SDKModel,
     missing_usage,
     parse_json_object,
+    readable_usage,
 )
 from ._retry import RetryPolicy
 from .base import Completion, GenerationParams, Message, TokenLogprob, Usage
@@ -151,6 +152,27 @@ class _ResponsesResponse(_Lenient):
     usage: _ResponsesUsage | None = None
     incomplete_details: _IncompleteDetails | None = None
     error: dict[str, Any] | None = None
+
+
+def _chat_usage(u: _ChatUsage) -> Usage:
+    # OpenAI counts cached tokens inside prompt_tokens, as Usage does.
+    return Usage(
+        input_tokens=u.prompt_tokens,
+        output_tokens=u.completion_tokens,
+        cache_read_tokens=(u.prompt_tokens_details.cached_tokens or 0) if u.prompt_tokens_details else 0,
+        reasoning_tokens=(u.completion_tokens_details.reasoning_tokens or 0)
+        if u.completion_tokens_details
+        else 0,
+    )
+
+
+def _responses_usage(u: _ResponsesUsage) -> Usage:
+    return Usage(
+        input_tokens=u.input_tokens,
+        output_tokens=u.output_tokens,
+        cache_read_tokens=(u.input_tokens_details.cached_tokens or 0) if u.input_tokens_details else 0,
+        reasoning_tokens=(u.output_tokens_details.reasoning_tokens or 0) if u.output_tokens_details else 0,
+    )
 
 
 def _logprobs(items: Sequence[_TokenLogprob]) -> list[TokenLogprob]:
@@ -350,27 +372,13 @@ class OpenAIModel(SDKModel[openai.AsyncOpenAI, dict[str, Any]]):
         try:
             parsed = _ChatResponse.model_validate(data)
         except ValidationError as exc:
-            raise self._invalid(exc) from None
+            raise self._invalid(exc, readable_usage(data, _ChatUsage, _chat_usage)) from None
         choice = parsed.choices[0]
         refused = choice.message.content is None and bool(choice.message.refusal)
         text = (
             choice.message.content if choice.message.content is not None else (choice.message.refusal or "")
         )
-        u = parsed.usage
-        usage = (
-            Usage(
-                input_tokens=u.prompt_tokens,
-                output_tokens=u.completion_tokens,
-                cache_read_tokens=(u.prompt_tokens_details.cached_tokens or 0)
-                if u.prompt_tokens_details
-                else 0,
-                reasoning_tokens=(u.completion_tokens_details.reasoning_tokens or 0)
-                if u.completion_tokens_details
-                else 0,
-            )
-            if u is not None
-            else missing_usage(self.name)
-        )
+        usage = _chat_usage(parsed.usage) if parsed.usage is not None else missing_usage(self.name)
         logprobs = None
         if choice.logprobs is not None and choice.logprobs.content is not None:
             logprobs = _logprobs(choice.logprobs.content)
@@ -389,8 +397,8 @@ class OpenAIModel(SDKModel[openai.AsyncOpenAI, dict[str, Any]]):
         try:
             parsed = _ResponsesResponse.model_validate(data)
         except ValidationError as exc:
-            raise self._invalid(exc) from None
-        usage = self._responses_usage(parsed.usage)
+            raise self._invalid(exc, readable_usage(data, _ResponsesUsage, _responses_usage)) from None
+        usage = _responses_usage(parsed.usage) if parsed.usage is not None else missing_usage(self.name)
         if parsed.status == "failed":
             # Not retried: the provider may have billed the input. Its usage goes to the ledger.
             detail = (parsed.error or {}).get("message", "no detail")
@@ -434,18 +442,6 @@ class OpenAIModel(SDKModel[openai.AsyncOpenAI, dict[str, Any]]):
         )
         self._check_logprobs(completion, params)
         return completion
-
-    def _responses_usage(self, u: _ResponsesUsage | None) -> Usage:
-        if u is None:
-            return missing_usage(self.name)
-        return Usage(
-            input_tokens=u.input_tokens,
-            output_tokens=u.output_tokens,
-            cache_read_tokens=(u.input_tokens_details.cached_tokens or 0) if u.input_tokens_details else 0,
-            reasoning_tokens=(u.output_tokens_details.reasoning_tokens or 0)
-            if u.output_tokens_details
-            else 0,
-        )
 
     def _check_logprobs(self, completion: Completion, params: GenerationParams) -> None:
         if params.logprobs and completion.logprobs is None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from ..adapters.base import ClosedModel, Completion, GenerationParams, Message
+from ..adapters.base import ClosedModel, Completion, GenerationParams, Message, Usage
 from ..adapters.wrappers import ModelWrapper, describe_request
 from ..cost import CallLedger
 from ..errors import AttribError, ConfigError, TruncatedOutputError
@@ -63,7 +63,7 @@ class CachedModel(ModelWrapper):
             with :class:`~attribsdk.errors.TruncatedOutputError` (the answer in its
             ``partial["completion"]``). Either way they are stored: they were billed.
 
-    Hits come back with ``cached=True`` and ``attempts=0``.
+    Hits come back with ``cached=True``, ``attempts=0`` and an empty ``discarded_usage``.
     """
 
     def __init__(
@@ -154,7 +154,7 @@ class CachedModel(ModelWrapper):
             logger.warning("cache %s: could not store %s… (%s)", self.cache.location, key[:12], exc)
 
     def _hit(self, completion: Completion) -> Completion:
-        hit = completion.model_copy(update={"cached": True, "attempts": 0})
+        hit = completion.model_copy(update={"cached": True, "attempts": 0, "discarded_usage": Usage()})
         if self.ledger is not None:
             self.ledger.record_completion(self.name, hit)
         return self._refuse_truncated(hit)

@@ -119,7 +119,8 @@ class CacheEntry(BaseModel):
             system_fingerprint=fingerprint if isinstance(fingerprint, str) else None,
             usage=completion.usage,
             request=request,
-            completion=completion.model_copy(update={"cached": False}),
+            # what was discarded on the way to this answer was paid for once, not with each hit
+            completion=completion.model_copy(update={"cached": False, "discarded_usage": Usage()}),
         )
 
 

@@ -6,8 +6,10 @@ import pytest
 
 from attribsdk.adapters._retry import RetryPolicy
 from attribsdk.adapters.anthropic import AnthropicModel
-from attribsdk.adapters.base import GenerationParams, Message, MissingUsageWarning
+from attribsdk.adapters.base import GenerationParams, Message, MissingUsageWarning, Usage
 from attribsdk.adapters.registry import resolve_closed_model
+from attribsdk.adapters.stack import build_closed_model
+from attribsdk.cost import Price, Pricing
 from attribsdk.errors import (
     APIStatusError,
     AuthenticationError,
@@ -157,3 +159,29 @@ async def test_inputs_and_configuration(monkeypatch: pytest.MonkeyPatch, server:
     with pytest.raises(InputError, match="at least one user message"):
         await model.generate([Message(role="system", content="only system")], GenerationParams())
     await model.aclose()
+
+
+async def test_a_discarded_answer_is_paid_for(server: FakeLLMServer, fast_retry: RetryPolicy) -> None:
+    # Anthropic reports cache reads and writes outside input_tokens; the discarded usage is the total.
+    usage = {
+        "input_tokens": 4,
+        "output_tokens": 2,
+        "cache_read_input_tokens": 3,
+        "cache_creation_input_tokens": 1,
+    }
+    server.inject(Fault(status=200, body={"content": "not a list", "usage": usage}))
+    stack = build_closed_model(
+        claude(server, fast_retry),
+        pricing=Pricing({"anthropic:claude-haiku-4-5": Price(input_mtok=1e6, output_mtok=1e6)}),
+    )
+    try:
+        completion = await stack.generate(MESSAGES, GenerationParams(max_tokens=64))
+    finally:
+        await stack.adapter.aclose()  # given, so not the stack's to close
+        await stack.aclose()
+    assert completion.text == ANSWER and completion.attempts == 2
+    assert completion.discarded_usage == Usage(
+        input_tokens=8, output_tokens=2, cache_read_tokens=3, cache_write_tokens=1
+    )
+    (record,) = stack.ledger.records
+    assert record.cost_usd == (8 + len(ANSWER.split())) + 10

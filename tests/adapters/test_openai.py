@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Literal
 
 import pytest
 
 from attribsdk.adapters._retry import RetryPolicy
-from attribsdk.adapters.base import GenerationParams, Message, MissingUsageWarning
+from attribsdk.adapters.base import GenerationParams, Message, MissingUsageWarning, Usage
 from attribsdk.adapters.openai import OpenAIModel
 from attribsdk.adapters.registry import resolve_closed_model
 from attribsdk.adapters.stack import build_closed_model
-from attribsdk.cost import Price, Pricing
+from attribsdk.cost import CostReport, Price, Pricing
 from attribsdk.errors import (
     AdapterError,
     APIStatusError,
@@ -213,11 +214,80 @@ async def test_malformed_json_is_retried_then_reported(
 
 
 async def test_wrong_schema_is_invalid_response(server: FakeLLMServer) -> None:
-    server.inject(*[Fault(status=200, body={"id": "x", "choices": []})] * 2)
+    # No usage and a usage that does not fit either: nothing is known to be billed.
+    bad_usage = {"id": "x", "choices": [], "usage": {"prompt_tokens": "many"}}
+    server.inject(Fault(status=200, body={"id": "x", "choices": []}), Fault(status=200, body=bad_usage))
     model = hosted(server, RetryPolicy(max_attempts=2, initial_backoff=0.001))
-    with pytest.raises(InvalidResponseError, match="choices"):
+    with pytest.raises(InvalidResponseError, match="choices") as info:
         await model.generate(MESSAGES, PARAMS)
     await model.aclose()
+    assert info.value.attempts == 2 and "discarded_usage" not in info.value.partial
+
+
+#: 200 bodies that do not fit each API's schema but report their tokens (7 in, 2 out).
+UNREADABLE = {
+    "chat": {"id": "x", "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2}},
+    "responses": {"output": "not a list", "usage": {"input_tokens": 7, "output_tokens": 2}},
+}
+DOLLAR_A_TOKEN = Price(input_mtok=1e6, output_mtok=1e6)
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+async def test_a_discarded_answer_is_paid_for_once(
+    server: FakeLLMServer, fast_retry: RetryPolicy, api: Literal["chat", "responses"], tmp_path: Path
+) -> None:
+    server.inject(Fault(status=200, body=UNREADABLE[api]))
+    stack = build_closed_model(
+        OpenAIModel(
+            "gpt-4o-mini", base_url=server.openai_base_url, api_key=SECRET, retry=fast_retry, api=api
+        ),
+        pricing=Pricing({"openai:gpt-4o-mini": DOLLAR_A_TOKEN}),
+        cache=tmp_path / "cache",
+    )
+    try:
+        completion = await stack.generate(MESSAGES, PARAMS)
+        hit = await stack.generate(MESSAGES, PARAMS)
+    finally:
+        await stack.adapter.aclose()  # given, so not the stack's to close
+        await stack.aclose()
+    assert completion.text == ANSWER and completion.attempts == 2 == len(server.requests)
+    assert completion.usage.input_tokens == 8  # the Responses API adds 3 reasoning tokens to its output
+    answer_tokens = 8 + completion.usage.output_tokens
+    assert completion.discarded_usage == Usage(input_tokens=7, output_tokens=2)
+    paid, cached = stack.ledger.records
+    assert paid.cost_usd == answer_tokens + 9 and paid.discarded_usage == completion.discarded_usage
+    # The hit avoids the answer's price only: the discarded answer was a one-off.
+    assert hit.cached and hit.discarded_usage == Usage()
+    assert cached.cost_usd == 0.0 and cached.avoided_usd == answer_tokens
+    report = stack.ledger.report()
+    assert report.cost_usd == answer_tokens + 9
+    assert report.tokens.input_tokens == 15 and report.discarded_tokens == Usage(
+        input_tokens=7, output_tokens=2
+    )
+
+
+async def test_unreadable_answers_to_the_last_attempt_are_paid_for(server: FakeLLMServer) -> None:
+    server.inject(*[Fault(status=200, body=UNREADABLE["chat"])] * 3)
+    stack = build_closed_model(
+        hosted(server, RetryPolicy(max_attempts=3, initial_backoff=0.001)),
+        pricing=Pricing({"openai:gpt-4o-mini": DOLLAR_A_TOKEN}),
+    )
+    try:
+        with pytest.raises(InvalidResponseError, match="choices") as info:
+            await stack.generate(MESSAGES, PARAMS)
+    finally:
+        await stack.adapter.aclose()  # given, so not the stack's to close
+        await stack.aclose()
+    assert info.value.attempts == 3
+    assert info.value.partial["discarded_usage"] == Usage(input_tokens=21, output_tokens=6)
+    (record,) = stack.ledger.records
+    assert record.error == "InvalidResponseError" and record.cost_usd == 27.0
+    report = stack.ledger.report()
+    assert report.discarded_tokens.input_tokens == 21
+    assert (
+        "tokens in 21 " in report.summary() and "incl. 21 in / 6 out of discarded answers" in report.summary()
+    )
+    assert CostReport.model_validate_json(report.model_dump_json()) == report
 
 
 @pytest.mark.parametrize("api", ["chat", "responses"])
