@@ -437,6 +437,7 @@ class Explainer:
             coefficients=[float(v) for v in result.coefficients],
             intercept=result.intercept,
             r2=result.r2,
+            fit_rank=result.fit_rank,
             closed_model=None if answer_given else completion.model or self.closed_name,
             surrogate=self.surrogate_name,
             prompt=prompt.model_dump(mode="json"),

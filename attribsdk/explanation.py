@@ -100,6 +100,10 @@ class Explanation(BaseModel):
     coefficients: list[float]
     intercept: float = 0.0
     r2: float | None = None
+    #: How many feature effects the perturbations identify (the rank of the fit's design; ``None``
+    #: for methods without a regression). Below M, other attributions fit the samples equally well:
+    #: the ones given are the minimum-norm fit (or the ridge penalty's choice).
+    fit_rank: int | None = None
     closed_model: str | None = None
     surrogate: str | None = None
     prompt: dict[str, Any] | None = None  # the Prompt as JSON data (see attribsdk.prompt.Prompt)
@@ -126,6 +130,25 @@ class Explanation(BaseModel):
         return self
 
     # -- views ------------------------------------------------------------------------------
+    @property
+    def underdetermined(self) -> bool:
+        """True when the perturbations identify fewer feature effects than there are features
+        (:attr:`fit_rank` < M): the attributions are one of many fits that explain them equally well."""
+        return self.fit_rank is not None and self.fit_rank < len(self.features)
+
+    def fit_summary(self) -> str:
+        """The fit's quality in words: ``"R² 0.953"``, with the identified effects when
+        :attr:`underdetermined` (``"n/a"`` for methods without a regression)."""
+        if self.r2 is None:
+            return "n/a"
+        text = f"R² {self.r2:.3f}"
+        if self.underdetermined:
+            text += (
+                f"; the samples identify only {self.fit_rank} of {len(self.features)} feature effects "
+                "(minimum-norm or ridge attributions)"
+            )
+        return text
+
     def ranked(self) -> list[RankedFeature]:
         """Features sorted by attribution (largest first; ties keep input order; an undefined
         (NaN) attribution last)."""

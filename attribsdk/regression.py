@@ -10,6 +10,7 @@ Shapes: N samples, M features.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol, TypeAlias, overload, runtime_checkable
@@ -26,6 +27,7 @@ __all__ = [
     "LinearFit",
     "Solver",
     "SolverConfig",
+    "UnderdeterminedFitWarning",
     "fit_answer_spans",
     "make_solver",
     "normalize_attributions",
@@ -37,13 +39,22 @@ class LinearFit:
     """A fitted linear model ``y ≈ Z @ coef + intercept``.
 
     ``coef``: ``[M]`` float64. ``r2``: weighted coefficient of determination on the samples used.
-    ``n_samples``: samples with positive weight (the only ones that enter the fit).
+    ``n_samples``: samples with positive weight (the only ones that enter the fit). ``rank``: how
+    many independent feature effects those samples identify (the rank of the centred, weighted
+    design; ``None`` when a solver does not say). Below M, other coefficients fit the samples as
+    well as ``coef``: :attr:`identified` is ``False``.
     """
 
     coef: np.ndarray
     intercept: float
     r2: float
     n_samples: int
+    rank: int | None = None
+
+    @property
+    def identified(self) -> bool:
+        """``False`` when the samples leave some feature effects undetermined (``rank < M``)."""
+        return self.rank is None or self.rank >= self.coef.shape[0]
 
     def predict(self, z: np.ndarray) -> np.ndarray:
         """``[N]`` predictions for ``[N, M]`` inputs."""
@@ -51,6 +62,12 @@ class LinearFit:
         if z.ndim != 2 or z.shape[1] != self.coef.shape[0]:
             raise InputError(f"expected inputs of shape [N, {self.coef.shape[0]}], got {z.shape}")
         return np.asarray(z @ self.coef + self.intercept)
+
+
+class UnderdeterminedFitWarning(UserWarning):
+    """The perturbations identify fewer feature effects than there are features (too few samples,
+    or a feature kept or masked in every one), and no ridge penalty picks among the fits: the
+    coefficients are the minimum-norm solution, one of many that fit the samples equally well."""
 
 
 @runtime_checkable
@@ -102,8 +119,10 @@ class WLS(_SolverBase):
     ``Z`` and ``y`` are centred by their weighted means, the penalty enters as ``√ridge · I`` rows
     appended to the ``√w``-scaled system, and :func:`scipy.linalg.lstsq` solves it. ``ridge`` is in
     the units of the weighted sum (as scikit-learn's ``Ridge(alpha)`` with ``sample_weight``).
-    Samples with weight 0 are dropped. When the system is underdetermined (no ridge and fewer
-    informative samples than features), ``lstsq`` returns the minimum-norm ``β``.
+    Samples with weight 0 are dropped. When the samples identify fewer than M effects
+    (``LinearFit.rank < M``: fewer informative samples than features, or a feature that is never
+    or always kept) and there is no ridge, ``lstsq`` returns the minimum-norm ``β`` and an
+    :class:`UnderdeterminedFitWarning` says so; with a ridge the penalty picks the fit, silently.
     """
 
     kind: Literal["wls"] = "wls"
@@ -135,16 +154,25 @@ class WLS(_SolverBase):
         root = np.sqrt(wv)
         a = (z - z_mean) * root[:, None]
         b = (yv - y_mean) * root
+        rank = int(np.linalg.matrix_rank(a))
         if self.ridge > 0:
             a = np.vstack([a, math.sqrt(self.ridge) * np.eye(m)])
             b = np.concatenate([b, np.zeros(m)])
+        elif rank < m:
+            warnings.warn(
+                f"{len(yv)} weighted samples identify {rank} of {m} feature effects: the attributions "
+                "are the minimum-norm fit, one of many that fit equally well (draw more samples, "
+                "or set a ridge penalty)",
+                UnderdeterminedFitWarning,
+                stacklevel=2,
+            )
         coef = np.asarray(scipy.linalg.lstsq(a, b, check_finite=False)[0], dtype=np.float64)
         intercept = y_mean - float(z_mean @ coef)
         residual = yv - z @ coef - intercept
         ss_res = float(wv @ residual**2)
         ss_tot = float(wv @ (yv - y_mean) ** 2)
         r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 and np.ptp(yv) > 0 else 1.0
-        return LinearFit(coef=coef, intercept=intercept, r2=r2, n_samples=int(used.sum()))
+        return LinearFit(coef=coef, intercept=intercept, r2=r2, n_samples=int(used.sum()), rank=rank)
 
 
 def normalize_attributions(coef: np.ndarray) -> np.ndarray:

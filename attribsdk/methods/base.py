@@ -44,6 +44,8 @@ class MethodResult:
     attributions: np.ndarray
     intercept: float = 0.0
     r2: float | None = None
+    #: Feature effects the samples identify (the fit's rank; ``None``: not a regression).
+    fit_rank: int | None = None
     answer_tokens: list[str] = field(default_factory=list)
     samples: Samples | None = None
     surrogate_sequences: int = 0

@@ -296,6 +296,7 @@ class GSmile(_ClosedLoop):
             attributions=normalize_attributions(fit.coef),
             intercept=float(fit.intercept),
             r2=float(fit.r2),
+            fit_rank=fit.rank,
             # Row 0 is the unmasked input, recorded for reference with weight 0: not part of the fit.
             samples=Samples(
                 masks=[[1] * m, *masks.astype(int).tolist()],

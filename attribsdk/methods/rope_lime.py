@@ -143,6 +143,7 @@ class RopeLime:
             attributions=attributions,
             intercept=float(fit.intercept),
             r2=float(fit.r2),
+            fit_rank=fit.rank,
             answer_tokens=list(scores.answer_tokens),
             samples=Samples(
                 masks=masks.astype(int).tolist(),

@@ -225,7 +225,7 @@ def _summary(expl: Explanation) -> str:
         ("surrogate", expl.surrogate or "none"),
         ("seed", str(expl.seed)),
         ("features (M)", str(len(expl.features))),
-        ("fit R²", "n/a" if expl.r2 is None else _num(expl.r2, ".3f")),
+        ("fit", expl.fit_summary()),
         ("closed calls", f"{c.closed_calls} ({c.http_attempts} HTTP attempts, {c.cache_hits} cache hits)"),
         ("closed tokens", f"{expl.usage.input_tokens} in / {expl.usage.output_tokens} out"),
         ("cost", f"{_usd(cost.cost_usd)} paid, {_usd(cost.avoided_usd)} avoided by the cache"),

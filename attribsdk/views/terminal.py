@@ -134,6 +134,7 @@ def renderable(explanation: Explanation, *, top: int | None = None, show_input: 
     _row(summary, "tokens", f"{expl.usage.input_tokens} in / {expl.usage.output_tokens} out")
     _row(summary, "cost", f"{usd} paid, {avoided} avoided [{cost.price_source}]")
     _row(summary, "surrogate", f"{c.surrogate_sequences} sequences ({c.surrogate_tokens} tokens)")
+    _row(summary, "fit", expl.fit_summary())
     _row(
         summary,
         "seconds",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from attribsdk.eval.report import (
     write_report,
 )
 from attribsdk.explainer import placement_applies
+from attribsdk.regression import UnderdeterminedFitWarning
 from tests.tiny_models import tiny_local_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::attribsdk.cost.UnknownPriceWarning")
@@ -218,6 +220,27 @@ def test_run_writes_rows_shares_answers_and_resumes(tiny: Any, tmp_path: Path) -
     assert data["methods"] == ["rope-lime", "rope-lime-loo"]
     assert {p.name for p in second.report.plots} >= {"hotpotqa-paper__tiny__auroc.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in second.report.plots)
+
+
+def test_rows_record_the_fit_rank_and_the_sweep_does_not_warn(tiny: Any, tmp_path: Path) -> None:
+    # The paper's c = 0.25M draws fewer samples than features: every fit is underdetermined.
+    methods = tuple(parse_method_specs(["rope-lime:k=sqrt,c=0.25M", "rope-lime-loo"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnderdeterminedFitWarning)
+        result = run_benchmark(
+            _config(methods=methods),
+            tmp_path,
+            closed=TestModel("Paris."),
+            surrogates={"tiny": tiny},
+            examples=list(load_hotpotqa(HOTPOT)),
+            report=False,
+        )
+    assert not result.errors and len(result.rows) == 6
+    for row in result.rows:
+        if row["method"] == "rope-lime-loo":
+            assert row["fit_rank"] == row["m"]
+        else:
+            assert 1 <= row["fit_rank"] < row["m"]
 
 
 def test_resume_refuses_rows_of_another_surrogate_load_and_answers_of_other_settings(

@@ -15,6 +15,8 @@ from attribsdk.adapters.local import LocalClosedModel
 from attribsdk.adapters.wrappers import FunctionModel, TestModel
 from attribsdk.cost import Budget
 from attribsdk.errors import BudgetExceeded, InputError
+from attribsdk.methods import RopeLime
+from attribsdk.regression import UnderdeterminedFitWarning
 from attribsdk.scoring.base import ScoringRequest
 from tests.tiny_models import tiny_local_model
 
@@ -80,6 +82,21 @@ async def test_same_seed_same_result_and_json_round_trip(tiny: Any) -> None:
     assert a.attributions == b.attributions and a.samples == b.samples
     again = Explanation.model_validate_json(a.model_dump_json())
     assert again == a
+
+
+async def test_an_underdetermined_fit_is_reported(tiny: Any) -> None:
+    async with Explainer(closed=TestModel("Paris."), surrogate=tiny, cache=False) as ex:
+        full = await ex.explain(QUESTION, CONTEXT, features="words")
+        m = len(full.features)
+        assert full.fit_rank == m and not full.underdetermined
+        assert full.fit_summary() == f"R² {full.r2:.3f}"
+        # Three random masks cannot identify one effect per word.
+        few = RopeLime(sampler={"kind": "uniform", "n_samples": 3})
+        with pytest.warns(UnderdeterminedFitWarning, match=f"identify 3 of {m} feature effects"):
+            res = await ex.explain(QUESTION, CONTEXT, features="words", method=few)
+    assert res.fit_rank == 3 and res.underdetermined
+    assert f"identify only 3 of {m} feature effects" in res.fit_summary()
+    assert Explanation.model_validate_json(res.model_dump_json()).fit_rank == 3
 
 
 async def test_given_answer_makes_no_closed_call(tiny: Any) -> None:

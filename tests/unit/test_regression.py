@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from attribsdk.regression import (
     LinearFit,
     Solver,
     SolverConfig,
+    UnderdeterminedFitWarning,
     make_solver,
     normalize_attributions,
 )
@@ -117,13 +119,42 @@ def test_underdetermined_gives_minimum_norm_interpolant() -> None:
     z = rng.random((4, 6))
     y = rng.normal(size=4)
     w = rng.uniform(0.5, 1.0, 4)
-    fit = WLS().fit(z, y, w)
+    with pytest.warns(UnderdeterminedFitWarning, match="4 weighted samples identify 3 of 6 feature effects"):
+        fit = WLS().fit(z, y, w)
+    assert fit.rank == 3 and not fit.identified  # 4 centred rows span 3 dimensions
     np.testing.assert_allclose(fit.predict(z), y, atol=1e-10)
     # Minimum norm among all exact fits of the weighted-centred system.
     zc = z - np.average(z, axis=0, weights=w)
     yc = y - np.average(y, weights=w)
     root = np.sqrt(w)
     np.testing.assert_allclose(fit.coef, np.linalg.pinv(zc * root[:, None]) @ (yc * root), atol=1e-10)
+
+
+def test_rank_counts_the_identified_effects() -> None:
+    z, y, w = masks_data(seed=21)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a full-rank design warns nothing
+        full = WLS().fit(z, y, w)
+    assert full.rank == TRUE_COEF.size and full.identified
+    # A feature kept in every sample has no identifiable effect (its column centres to zero),
+    # however many samples there are.
+    kept = z.copy()
+    kept[:, 2] = 1.0
+    with pytest.warns(UnderdeterminedFitWarning, match="identify 5 of 6"):
+        fit = WLS().fit(kept, y, w)
+    assert fit.rank == 5 and fit.coef[2] == 0.0
+    # Zero-weight rows do not identify anything: only the two weighted rows count.
+    w_two = np.zeros_like(w)
+    w_two[:2] = 1.0
+    with pytest.warns(UnderdeterminedFitWarning, match="2 weighted samples identify 1 of 6"):
+        assert WLS().fit(z, y, w_two).rank == 1
+    # A ridge penalty picks the fit: no warning, the data's rank still reported.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ridged = WLS(ridge=1.0).fit(kept, y, w)
+    assert ridged.rank == 5 and not ridged.identified
+    # A solver that does not report a rank counts as identified.
+    assert LinearFit(coef=np.zeros(3), intercept=0.0, r2=1.0, n_samples=4).identified
 
 
 def test_constant_target() -> None:

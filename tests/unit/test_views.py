@@ -150,6 +150,10 @@ def test_ranked_table_and_summary(expl: Explanation) -> None:
     c = expl.counts
     assert c.closed_calls == 1 and c.cache_hits == 0
     assert f"1 ({c.http_attempts} HTTP attempts, 0 cache hits)" in page
+    assert f"<dt>fit</dt><dd>R² {expl.r2:.3f}</dd>" in page
+    # an underdetermined fit says so, in both views
+    few = expl.model_copy(update={"fit_rank": 2})
+    assert f"identify only 2 of {len(expl.features)} feature effects" in to_html(few)
     short = to_html(expl, top=2)
     assert len(re.findall(r'<tr class="(?:pos|neg|zero)"', short)) == 2
     assert f"{len(expl.features) - 2} more features not shown" in short
@@ -217,6 +221,7 @@ def test_terminal_view_lists_ranked_features(expl: Explanation) -> None:
     # user text and names are never parsed as rich markup
     assert text.count("[bold red]not markup[/]") == 2  # in the input and in the ranked table
     assert f"[{expl.cost.price_source}]" in text
+    assert re.search(rf"fit +R² {expl.r2:.3f}", text)
     # the highlighted input carries the signed background colours
     styled = console.export_html(inline_styles=True)
     assert "background-color: #" in styled
