@@ -464,9 +464,9 @@ class CallLedger:
     ) -> CallRecord:
         """The record of a call that got ``completion``: paid, or a cache hit (its price avoided).
 
-        A paid call also pays for the answers its adapter discarded (``discarded_usage``)."""
+        A paid call also pays for the answers its adapter discarded (``completion.discarded``)."""
         cost = self.pricing.cost(model_name, completion.usage, response_model=completion.model)
-        discarded = Usage() if completion.cached else completion.discarded_usage
+        discarded = [] if completion.cached else completion.discarded
         paid = _plus(cost, self._discarded_cost(model_name, discarded, completion.model))
         return CallRecord(
             model=model_name,
@@ -474,35 +474,37 @@ class CallLedger:
             cached=completion.cached,
             attempts=attempts,
             usage=completion.usage,
-            discarded_usage=discarded,
+            discarded_usage=sum(discarded, Usage()),
             cost_usd=0.0 if completion.cached else paid,
             avoided_usd=cost if completion.cached else 0.0,
             finish_reason=completion.finish_reason,
             error=error,
         )
 
-    def _discarded_cost(self, model_name: str, usage: Usage, response_model: str | None) -> float | None:
-        """USD for discarded answers' tokens, summed over attempts and priced as one call (the
-        long-context tier of a provider applies to their sum)."""
-        if usage == Usage():
-            return 0.0
-        return self.pricing.cost(model_name, usage, response_model=response_model)
+    def _discarded_cost(
+        self, model_name: str, discarded: list[Usage], response_model: str | None
+    ) -> float | None:
+        """USD for discarded answers, each priced as the request it was (long-context tiers
+        apply per request); ``None`` when the model's price is unknown."""
+        costs = [self.pricing.cost(model_name, u, response_model=response_model) for u in discarded]
+        known = [c for c in costs if c is not None]
+        return math.fsum(known) if len(known) == len(costs) else None
 
     def record_failure(self, model_name: str, error: BaseException) -> CallRecord:
         """Record an upstream call that failed; an answer the error carries is still priced."""
         attempts = int(getattr(error, "attempts", 0) or 0)
         partial = error.partial if isinstance(error, AttribError) else {}
         answered = partial.get("completion")
-        discarded = partial.get("discarded_usage")
+        discarded = partial.get("discarded")
         if isinstance(answered, Completion):
             # e.g. a truncated answer: the provider billed it; a cached one (refused to this
             # caller) was not called for, and counts as a hit
             record = self._answered(model_name, answered, attempts=attempts, error=type(error).__name__)
-        elif isinstance(discarded, Usage):  # every answer was unreadable, but reported its tokens
+        elif discarded:  # every answer was unreadable, but reported its tokens
             record = CallRecord(
                 model=model_name,
                 attempts=attempts,
-                discarded_usage=discarded,
+                discarded_usage=sum(discarded, Usage()),
                 cost_usd=self._discarded_cost(model_name, discarded, None),
                 error=type(error).__name__,
             )

@@ -225,28 +225,32 @@ async def complete_with_retries(
     answer cut at ``max_tokens`` (:class:`TruncatedOutputError`, answer kept in ``partial``) unless
     ``allow_truncated``.
 
-    Tokens that discarded answers reported (:attr:`RetryableFailure.billed`) are summed into the
-    completion's ``discarded_usage``, or into the final error's ``partial["discarded_usage"]``, so
-    the ledger prices every answer the provider sent, kept or not.
+    The usage that discarded answers reported (:attr:`RetryableFailure.billed`, one per attempt)
+    goes to the completion's ``discarded``; when the call fails, to the completion the error
+    carries, or else to the error's ``partial["discarded"]``. The ledger prices every answer the
+    provider sent, kept or not.
     """
-    discarded = Usage()
+    discarded: list[Usage] = []
 
     async def tracked() -> Completion:
-        nonlocal discarded
         try:
             return await attempt()
         except RetryableFailure as failure:
             if failure.billed is not None:
-                discarded += failure.billed
+                discarded.append(failure.billed)
             raise
 
     try:
         completion, attempts = await call_with_retries(tracked, retry, label=label)
     except AdapterError as exc:
-        if discarded != Usage():
-            exc.partial["discarded_usage"] = discarded
+        if discarded:
+            answered = exc.partial.get("completion")
+            if isinstance(answered, Completion):  # e.g. a failed Responses answer, billed too
+                exc.partial["completion"] = answered.model_copy(update={"discarded": discarded})
+            else:
+                exc.partial["discarded"] = discarded
         raise
-    completion = completion.model_copy(update={"attempts": attempts, "discarded_usage": discarded})
+    completion = completion.model_copy(update={"attempts": attempts, "discarded": discarded})
     if completion.finish_reason == "length" and not allow_truncated:
         raise TruncatedOutputError(
             f"{label}: the answer was cut at max_tokens={max_tokens}; raise max_tokens "

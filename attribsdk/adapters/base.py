@@ -100,10 +100,16 @@ class Completion(BaseModel):
     cached: bool = False
     #: HTTP attempts made for this completion (0 for local models and cache hits).
     attempts: int = 0
-    #: Tokens of earlier attempts whose responses were unreadable and retried: the provider
-    #: answered (and probably billed) them, so the ledger prices them with this call. Not part of
-    #: ``usage`` (the answer's own tokens); always empty for cache hits.
-    discarded_usage: Usage = Usage()
+    #: Token usage of each earlier attempt whose response was unreadable and retried: the
+    #: provider answered (and probably billed) them, so the ledger prices them, one by one, with
+    #: this call. Not part of ``usage`` (the answer's own tokens); always empty for cache hits.
+    discarded: list[Usage] = Field(default_factory=list)
+
+    @property
+    def discarded_usage(self) -> Usage:
+        """The tokens of :attr:`discarded`, summed."""
+        return sum(self.discarded, Usage())
+
     #: Per-token log-probabilities of ``text`` when ``GenerationParams.logprobs`` was set.
     logprobs: list[TokenLogprob] | None = None
 

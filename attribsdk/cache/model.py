@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from ..adapters.base import ClosedModel, Completion, GenerationParams, Message, Usage
+from ..adapters.base import ClosedModel, Completion, GenerationParams, Message
 from ..adapters.wrappers import ModelWrapper, describe_request
 from ..cost import CallLedger
-from ..errors import AttribError, ConfigError, TruncatedOutputError
+from ..errors import AdapterError, AttribError, ConfigError, TruncatedOutputError
 from .backend import CacheBackend
 from .keys import request_key
 from .store import CacheEntry
@@ -38,15 +38,28 @@ class _Flight:
     error: Exception | None = None
 
 
+def as_hit(completion: Completion) -> Completion:
+    """``completion`` as served from the cache: no HTTP attempt, nothing paid or discarded."""
+    return completion.model_copy(update={"cached": True, "attempts": 0, "discarded": []})
+
+
 def _own_copy(error: Exception) -> Exception:
     """The leader's error for one of its followers: a copy with its own ``partial``, since callers
-    add to ``partial`` what they know (their own answer, their cost) and must not mix them."""
+    add to ``partial`` what they know (their own answer, their cost) and must not mix them.
+
+    The follower sent nothing: the copy has no HTTP attempts, and the answer the leader paid for
+    (a failed or log-probability-less answer) is a cache hit, so a ledger that meters the follower
+    does not charge it again."""
     if not isinstance(error, AttribError):
         return error
     cls = type(error)
     mine = cls.__new__(cls, *error.args)  # not __init__: subclasses take keyword-only fields
     mine.__dict__.update(error.__dict__)
-    mine.partial = dict(error.partial)
+    mine.partial = {k: v for k, v in error.partial.items() if k != "discarded"}
+    if isinstance(answered := mine.partial.get("completion"), Completion):
+        mine.partial["completion"] = as_hit(answered)
+    if isinstance(mine, AdapterError):
+        mine.attempts = 0
     mine.__cause__, mine.__suppress_context__ = error.__cause__, error.__suppress_context__
     return mine
 
@@ -63,7 +76,7 @@ class CachedModel(ModelWrapper):
             with :class:`~attribsdk.errors.TruncatedOutputError` (the answer in its
             ``partial["completion"]``). Either way they are stored: they were billed.
 
-    Hits come back with ``cached=True``, ``attempts=0`` and an empty ``discarded_usage``.
+    Hits come back with ``cached=True``, ``attempts=0`` and nothing ``discarded``.
     """
 
     def __init__(
@@ -154,7 +167,7 @@ class CachedModel(ModelWrapper):
             logger.warning("cache %s: could not store %s… (%s)", self.cache.location, key[:12], exc)
 
     def _hit(self, completion: Completion) -> Completion:
-        hit = completion.model_copy(update={"cached": True, "attempts": 0, "discarded_usage": Usage()})
+        hit = as_hit(completion)
         if self.ledger is not None:
             self.ledger.record_completion(self.name, hit)
         return self._refuse_truncated(hit)

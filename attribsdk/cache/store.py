@@ -120,7 +120,7 @@ class CacheEntry(BaseModel):
             usage=completion.usage,
             request=request,
             # what was discarded on the way to this answer was paid for once, not with each hit
-            completion=completion.model_copy(update={"cached": False, "discarded_usage": Usage()}),
+            completion=completion.model_copy(update={"cached": False, "discarded": []}),
         )
 
 

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
+import anyio
 import pytest
 
 from attribsdk.adapters._retry import RetryPolicy
@@ -13,7 +14,8 @@ from attribsdk.adapters.base import GenerationParams, Message, MissingUsageWarni
 from attribsdk.adapters.openai import OpenAIModel
 from attribsdk.adapters.registry import resolve_closed_model
 from attribsdk.adapters.stack import build_closed_model
-from attribsdk.cost import CostReport, Price, Pricing
+from attribsdk.cache import CachedModel, ResponseCache
+from attribsdk.cost import CallLedger, CostReport, Price, Pricing
 from attribsdk.errors import (
     AdapterError,
     APIStatusError,
@@ -221,7 +223,7 @@ async def test_wrong_schema_is_invalid_response(server: FakeLLMServer) -> None:
     with pytest.raises(InvalidResponseError, match="choices") as info:
         await model.generate(MESSAGES, PARAMS)
     await model.aclose()
-    assert info.value.attempts == 2 and "discarded_usage" not in info.value.partial
+    assert info.value.attempts == 2 and "discarded" not in info.value.partial
 
 
 #: 200 bodies that do not fit each API's schema but report their tokens (7 in, 2 out).
@@ -230,6 +232,7 @@ UNREADABLE = {
     "responses": {"output": "not a list", "usage": {"input_tokens": 7, "output_tokens": 2}},
 }
 DOLLAR_A_TOKEN = Price(input_mtok=1e6, output_mtok=1e6)
+FAILED_USAGE = {"input_tokens": 12, "output_tokens": 0}
 
 
 @pytest.mark.parametrize("api", ["chat", "responses"])
@@ -279,7 +282,7 @@ async def test_unreadable_answers_to_the_last_attempt_are_paid_for(server: FakeL
         await stack.adapter.aclose()  # given, so not the stack's to close
         await stack.aclose()
     assert info.value.attempts == 3
-    assert info.value.partial["discarded_usage"] == Usage(input_tokens=21, output_tokens=6)
+    assert info.value.partial["discarded"] == [Usage(input_tokens=7, output_tokens=2)] * 3
     (record,) = stack.ledger.records
     assert record.error == "InvalidResponseError" and record.cost_usd == 27.0
     report = stack.ledger.report()
@@ -288,6 +291,42 @@ async def test_unreadable_answers_to_the_last_attempt_are_paid_for(server: FakeL
         "tokens in 21 " in report.summary() and "incl. 21 in / 6 out of discarded answers" in report.summary()
     )
     assert CostReport.model_validate_json(report.model_dump_json()) == report
+
+
+async def test_a_discarded_answer_before_a_failed_one_is_paid_for_once(
+    server: FakeLLMServer, fast_retry: RetryPolicy, tmp_path: Path
+) -> None:
+    """An unreadable answer, then a failed one (billed, not retried): the failed answer the error
+    carries also carries the discarded one. Callers waiting on that call are not charged again."""
+    failed = {"status": "failed", "output": [], "error": {"message": "crashed"}, "usage": FAILED_USAGE}
+    server.inject(Fault(status=200, body=UNREADABLE["responses"], delay=0.1), Fault(status=200, body=failed))
+    inner = OpenAIModel(
+        "o3-pro", base_url=server.openai_base_url, api_key=SECRET, retry=fast_retry, api="responses"
+    )
+    ledger = CallLedger(pricing=Pricing({"openai:o3-pro": DOLLAR_A_TOKEN}))
+    errors: list[AdapterError] = []
+    async with ResponseCache(tmp_path) as cache:
+        model = CachedModel(inner, cache)
+
+        async def one() -> None:
+            with pytest.raises(AdapterError, match="crashed") as info:
+                await model.generate(MESSAGES, PARAMS)
+            errors.append(info.value)
+            ledger.record_failure(model.name, info.value)  # as a ledger metering each caller would
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(one)
+    await inner.aclose()
+    assert len(server.requests) == 2
+    (leader,) = [e for e in errors if not e.partial["completion"].cached]
+    assert leader.attempts == 2 and leader.partial["completion"].discarded == [
+        Usage(input_tokens=7, output_tokens=2)
+    ]
+    assert all(e.attempts == 0 and "discarded" not in e.partial for e in errors if e is not leader)
+    report = ledger.report()
+    assert report.cost_usd == 9 + 12 and report.http_attempts == 2
+    assert report.discarded_tokens == Usage(input_tokens=7, output_tokens=2) and report.cache_hits == 3
 
 
 @pytest.mark.parametrize("api", ["chat", "responses"])
