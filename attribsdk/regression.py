@@ -9,9 +9,11 @@ Shapes: N samples, M features.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol, TypeAlias, overload, runtime_checkable
 
@@ -31,6 +33,7 @@ __all__ = [
     "fit_answer_spans",
     "make_solver",
     "normalize_attributions",
+    "quiet_underdetermined",
 ]
 
 
@@ -68,6 +71,21 @@ class UnderdeterminedFitWarning(UserWarning):
     """The perturbations identify fewer feature effects than there are features (too few samples,
     or a feature kept or masked in every one), and no ridge penalty picks among the fits: the
     coefficients are the minimum-norm solution, one of many that fit the samples equally well."""
+
+
+_QUIET: contextvars.ContextVar[bool] = contextvars.ContextVar("quiet_underdetermined", default=False)
+
+
+@contextlib.contextmanager
+def quiet_underdetermined() -> Iterator[None]:
+    """Within this block (this task and the tasks and threads it starts) :class:`WLS` does not
+    warn about underdetermined fits; :attr:`LinearFit.rank` still records them. Unlike
+    :func:`warnings.catch_warnings` it changes nothing for other tasks running meanwhile."""
+    token = _QUIET.set(True)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
 
 
 @runtime_checkable
@@ -154,11 +172,15 @@ class WLS(_SolverBase):
         root = np.sqrt(wv)
         a = (z - z_mean) * root[:, None]
         b = (yv - y_mean) * root
+        # One cutoff for "zero" singular values, for the rank and for the solve: a feature kept in
+        # every sample centres to ~1e-16 rather than 0, and lstsq's own (smaller) cutoff would
+        # divide by it and hand that feature a large coefficient.
+        cutoff = np.finfo(np.float64).eps * max(a.shape)
         rank = int(np.linalg.matrix_rank(a))
         if self.ridge > 0:
             a = np.vstack([a, math.sqrt(self.ridge) * np.eye(m)])
             b = np.concatenate([b, np.zeros(m)])
-        elif rank < m:
+        elif rank < m and not _QUIET.get():
             warnings.warn(
                 f"{len(yv)} weighted samples identify {rank} of {m} feature effects: the attributions "
                 "are the minimum-norm fit, one of many that fit equally well (draw more samples, "
@@ -166,7 +188,7 @@ class WLS(_SolverBase):
                 UnderdeterminedFitWarning,
                 stacklevel=2,
             )
-        coef = np.asarray(scipy.linalg.lstsq(a, b, check_finite=False)[0], dtype=np.float64)
+        coef = np.asarray(scipy.linalg.lstsq(a, b, cond=cutoff, check_finite=False)[0], dtype=np.float64)
         intercept = y_mean - float(z_mean @ coef)
         residual = yv - z @ coef - intercept
         ss_res = float(wv @ residual**2)
@@ -224,10 +246,11 @@ def fit_answer_spans(
         raise InputError(f"answer_logprobs must be [N, T] with N = {z.shape[0]}, got shape {lp.shape}")
     delta = lp - lp[0]
     fits: list[LinearFit | None] = []
-    for t0, t1 in token_spans:
-        if not 0 <= t0 <= t1 <= lp.shape[1]:
-            raise InputError(f"token span ({t0}, {t1}) is outside the answer's {lp.shape[1]} tokens")
-        fits.append(solver.fit(z, delta[:, t0:t1].mean(axis=1), weights) if t1 > t0 else None)
+    with quiet_underdetermined():  # one design for every span: the whole-answer fit has warned
+        for t0, t1 in token_spans:
+            if not 0 <= t0 <= t1 <= lp.shape[1]:
+                raise InputError(f"token span ({t0}, {t1}) is outside the answer's {lp.shape[1]} tokens")
+            fits.append(solver.fit(z, delta[:, t0:t1].mean(axis=1), weights) if t1 > t0 else None)
     return fits
 
 

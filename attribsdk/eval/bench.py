@@ -33,7 +33,6 @@ import json
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ from .._sync import run_sync
 from ..adapters.base import ClosedModel, GenerationParams, Message
 from ..errors import ConfigError, InputError, callback_failed
 from ..methods import Method, make_method
-from ..regression import UnderdeterminedFitWarning
+from ..regression import quiet_underdetermined
 from ..sampling import CRule, KRule
 from ..views.progress import progress_bar
 from .datasets import BUCKETS, LabeledExample, load_dataset, split_of
@@ -675,8 +674,7 @@ async def arun_benchmark(
 
             # The paper's sweep has underdetermined configurations by design; each row records
             # its fit's rank instead of a warning per (N, M).
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UnderdeterminedFitWarning)
+            with quiet_underdetermined():
                 async with anyio.create_task_group() as tg:
                     for ex in selected:
                         tg.start_soon(run_example, ex)

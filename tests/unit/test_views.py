@@ -153,7 +153,15 @@ def test_ranked_table_and_summary(expl: Explanation) -> None:
     assert f"<dt>fit</dt><dd>R² {expl.r2:.3f}</dd>" in page
     # an underdetermined fit says so, in both views
     few = expl.model_copy(update={"fit_rank": 2})
-    assert f"identify only 2 of {len(expl.features)} feature effects" in to_html(few)
+    said = f"identify only 2 of {len(expl.features)} feature effects"
+    assert said in to_html(few)
+    from rich.console import Console
+
+    from attribsdk.views.terminal import render
+
+    console = Console(record=True, width=400)
+    render(few, console=console)
+    assert said in console.export_text()
     short = to_html(expl, top=2)
     assert len(re.findall(r'<tr class="(?:pos|neg|zero)"', short)) == 2
     assert f"{len(expl.features) - 2} more features not shown" in short
