@@ -148,7 +148,9 @@ def test_rank_counts_the_identified_effects() -> None:
     # centres to ~1e-16: the solve must treat it as 0, as the rank does, not divide by it.
     rng = np.random.default_rng(4)
     for _ in range(50):
-        noisy, w_any = rng.normal(size=z.shape[0]), rng.uniform(0.05, 1.0, z.shape[0])
+        n: int = z.shape[0]
+        noisy = rng.normal(size=n)
+        w_any = rng.uniform(0.05, 1.0, size=n)
         with quiet_underdetermined():
             assert abs(WLS().fit(kept, noisy, w_any).coef[2]) < 1e-12
     # Zero-weight rows do not identify anything: only the two weighted rows count.

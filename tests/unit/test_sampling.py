@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -156,7 +157,7 @@ def test_identified_effects_is_the_rank_of_the_differences_from_row_0() -> None:
 
 
 @pytest.mark.parametrize("mode", ["mask", "keep"])
-def test_sparse_k_draws_a_design_that_identifies_every_effect(mode: str) -> None:
+def test_sparse_k_draws_a_design_that_identifies_every_effect(mode: Literal["mask", "keep"]) -> None:
     # At M = 14 about one balanced draw in eleven leaves an effect unidentified (seeds 26, 27, 29
     # here); those are drawn again, and every other draw is returned as first drawn.
     sampler = SparseK(mode=mode)
