@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ._sync import run_sync
 from .adapters.base import ClosedModel, Message
-from .errors import ConfigError, InputError
+from .errors import AttribError, ConfigError, InputError, ScoringError
 from .explainer import DEFAULT_SURROGATE, Explainer
 from .explanation import Explanation
 from .features import Feature, parts_from_spans, segment_text
@@ -168,7 +168,7 @@ class Citation(BaseModel):
       likely to the surrogate. Only positive scores (support) become citations. (With a method
       whose target is ``"kl"`` the whole-answer score is the KL divergence avoided instead:
       influence on the surrogate's distribution rather than support for this answer.)
-    * ``confidence`` in [0, 1): ``(1 - exp(-score)) * clip(R², 0, 1)``. The first factor is the
+    * ``confidence`` in [0, 1]: ``(1 - exp(-score)) * clip(R², 0, 1)``. The first factor is the
       fraction of the cited text's probability that goes away when the span is removed (0.5 at
       0.69 nats, 0.95 at 3); the second discounts it by how well the additive fit explains the
       surrogate's responses (its weighted R²; exactly 1 for leave-one-out, whose fit is exact).
@@ -518,7 +518,22 @@ class Citer:
             prompt, answer=answer, method=self.method, seed=self.seed if seed is None else seed
         )
         t_explain = time.perf_counter() - t_start
+        try:
+            return self._citations(expl, srcs, query, t_start, t_explain)
+        except AttribError as exc:  # the explanation (and any answer paid for) is kept
+            exc.partial.setdefault("explanation", expl)
+            exc.partial.setdefault("cost", expl.cost)
+            raise
+        except Exception as exc:
+            raise ScoringError(
+                f"citing from the explanation failed: {type(exc).__name__}: {exc}",
+                partial={"explanation": expl, "cost": expl.cost},
+            ) from exc
 
+    def _citations(
+        self, expl: Explanation, srcs: list[Source], query: str | None, t_start: float, t_explain: float
+    ) -> Citations:
+        """Per-sentence and overall citations from a finished explanation."""
         t0 = time.perf_counter()
         samples = expl.samples
         if samples is None or samples.answer_logprobs is None:
@@ -774,12 +789,16 @@ def with_citations(
             bound = sig.bind(*args, **kwargs)
             bound.apply_defaults()
             output = await fn(*args, **kwargs)
-            text = _answer_text(output, answer)
-            cits = await citer.cite(
-                text,
-                _pick(sources, bound.arguments, output),
-                query=_pick(query, bound.arguments, output),
-            )
+            try:
+                text = _answer_text(output, answer)
+                cits = await citer.cite(
+                    text,
+                    _pick(sources, bound.arguments, output),
+                    query=_pick(query, bound.arguments, output),
+                )
+            except AttribError as exc:  # the function's output (a paid answer) is kept
+                exc.partial.setdefault("output", output)
+                raise
             return CitedAnswer(output=output, answer=text, citations=cits)
 
         return wrapper

@@ -23,7 +23,7 @@ from .adapters.registry import parse_model_string
 from .adapters.stack import HTTP_PROVIDERS, ClosedModelStack, build_closed_model
 from .cache import CacheBackend
 from .cost import Budget, CallLedger, CostReport, Pricing
-from .errors import AttribError, ConfigError, InputError, ScoringError, callback_failed
+from .errors import AdapterError, AttribError, ConfigError, InputError, ScoringError, callback_failed
 from .explanation import Counts, Explanation, Timings
 from .features import Span
 from .methods import Method, MethodParts, make_method
@@ -344,7 +344,15 @@ class Explainer:
         # 1. the closed answer: exactly one call, or none when the caller passes the answer
         t0 = time.perf_counter()
         with self.ledger.track() as tracked:
-            completion = await self._answer(prompt, answer)
+            try:
+                completion = await self._answer(prompt, answer)
+            except AttribError as exc:  # e.g. a truncated answer: paid for, and in partial
+                exc.partial.setdefault("cost", tracked.report())
+                raise
+            except Exception as exc:  # a custom model's own error, typed as the closed call's
+                raise AdapterError(
+                    f"{self.closed_name}: {type(exc).__name__}: {exc}", partial={"cost": tracked.report()}
+                ) from exc
             t_closed = time.perf_counter() - t0
             return await self._attribute(
                 prompt,
@@ -378,7 +386,7 @@ class Explainer:
         if not completion.text.strip():
             raise InputError(
                 "the closed model returned an empty answer; nothing to explain",
-                partial={"completion": completion},
+                partial={"completion": completion, "cost": tracked.report()},
             )
 
         # 2. the method (sampling → scoring → locality → regression)
@@ -498,8 +506,8 @@ class Explainer:
                 items.append(e if isinstance(e, Example) else Example.model_validate(e))
             except ValidationError as exc:
                 raise InputError(f"example {i}: {describe_invalid('Example', exc)}") from None
-        if concurrency < 1:
-            raise ConfigError("concurrency must be ≥ 1")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigError(f"concurrency must be an integer ≥ 1, got {concurrency!r}")
         if engine not in (None, "local", "ray"):
             raise ConfigError(f"engine must be 'local' or 'ray', got {engine!r}")
         scorer: Scorer | None = None

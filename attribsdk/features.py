@@ -108,7 +108,11 @@ def segment_text(text: str, granularity: str, *, language: str = "en") -> list[t
 
 
 def parts_from_spans(text: str, spans: Sequence[Span]) -> list[Part]:
-    """Cut ``text`` into alternating fixed and feature parts at ``spans`` (validated)."""
+    """Cut ``text`` into fixed and feature parts at ``spans`` (validated).
+
+    A fixed gap's leading and trailing whitespace become parts of their own, so that masking
+    treats them as separators: in ``"Title:\nA B"`` with features A and B, deleting A renders
+    ``"Title: B"``, not ``"Title:\n B"``. The parts' text is ``text`` unchanged."""
     parts: list[Part] = []
     pos = 0
     for i, span in enumerate(spans):
@@ -125,10 +129,19 @@ def parts_from_spans(text: str, spans: Sequence[Span]) -> list[Part]:
             raise FeatureError(f"span {i} = ({s}, {e}) overlaps the previous span or is out of order")
         if not text[s:e].strip():
             raise FeatureError(f"span {i} = ({s}, {e}) covers only whitespace; a feature needs text")
-        if s > pos:
-            parts.append(Part(text=text[pos:s], feature=False))
+        parts.extend(_fixed_parts(text[pos:s]))
         parts.append(Part(text=text[s:e], feature=True))
         pos = e
-    if pos < len(text):
-        parts.append(Part(text=text[pos:], feature=False))
+    parts.extend(_fixed_parts(text[pos:]))
     return parts
+
+
+def _fixed_parts(gap: str) -> list[Part]:
+    """``gap`` as fixed parts: leading whitespace, the text between, trailing whitespace (each
+    only when non-empty; a whitespace-only gap is one part)."""
+    core = gap.strip()
+    if not core:
+        return [Part(text=gap, feature=False)] if gap else []
+    start = gap.index(core)
+    pieces = (gap[:start], core, gap[start + len(core) :])
+    return [Part(text=p, feature=False) for p in pieces if p]

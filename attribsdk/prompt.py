@@ -12,9 +12,10 @@ import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .adapters.base import Message
 from .errors import FeatureError, InputError
@@ -133,7 +134,7 @@ class Prompt(BaseModel):
     def render(self, keep: Sequence[bool] | Sequence[int] | np.ndarray | None = None) -> RenderedPrompt:
         """Messages with the features where ``keep[i]`` is false (or 0) deleted (``None``: keep all)."""
         m = self.n_features
-        keep_t = tuple(bool(k) for k in (keep if keep is not None else [True] * m))
+        keep_t = (True,) * m if keep is None else _keep_flags(keep)
         if len(keep_t) != m:
             raise InputError(f"mask has {len(keep_t)} entries, the prompt has {m} features")
 
@@ -174,6 +175,28 @@ class Prompt(BaseModel):
             messages.append(Message(role="system", content=self.system))
         messages.append(Message(role="user", content=user))
         return RenderedPrompt(messages=tuple(messages), spans=tuple(spans_out), keep=keep_t)
+
+
+def _keep_flags(keep: Sequence[bool] | Sequence[int] | np.ndarray) -> tuple[bool, ...]:
+    """``keep`` as booleans: each entry a bool or a number equal to 0 or 1 (a string such as
+    ``"0"`` would otherwise count as kept)."""
+    if isinstance(keep, np.ndarray):
+        if keep.ndim != 1:
+            raise InputError(f"a mask must be 1-D, got shape {keep.shape}")
+        if keep.dtype == np.bool_:
+            return tuple(bool(k) for k in keep)
+        if not np.issubdtype(keep.dtype, np.number) or not np.isin(keep, (0, 1)).all():
+            raise InputError("mask entries must be booleans or 0/1")
+        return tuple(bool(k) for k in keep)
+    if isinstance(keep, (str, bytes)):
+        raise InputError(f"a mask must be a sequence of booleans or 0/1, got {type(keep).__name__}")
+    flags: list[bool] = []
+    for i, k in enumerate(keep):
+        if isinstance(k, (bool, np.bool_)) or (isinstance(k, numbers.Real) and k in (0, 1)):
+            flags.append(bool(k))
+        else:
+            raise InputError(f"mask entry {i} must be a boolean or 0/1, got {k!r}")
+    return tuple(flags)
 
 
 def _render_document(
@@ -251,6 +274,16 @@ def build_prompt(
     """
     if not isinstance(question, str) or not question.strip():
         raise InputError("the question/prompt must be a non-empty string")
+    for name, value in (("system", system), ("template", template)):
+        if value is not None and not isinstance(value, str):
+            raise InputError(f"`{name}` must be a string or None, got {type(value).__name__}")
+    if context is not None and not isinstance(context, (str, list, tuple)):
+        raise InputError(f"`context` must be a string or a list of strings, got {type(context).__name__}")
+    if not isinstance(features, (str, list, tuple)):
+        raise FeatureError(
+            "`features` must be a granularity ('words', 'sentences', 'paragraphs', 'documents') or a "
+            f"list of (start, end) spans, got {type(features).__name__}"
+        )
     if context is None:
         doc = _doc_from_spec(question, _spans_for(features, 0, 1), "question", language)
         return Prompt(template=template or PLAIN_TEMPLATE, documents=(doc,), system=system)
@@ -275,19 +308,16 @@ def _spans_for(
     if isinstance(features, str):
         return features
     items = list(features)
-    if n == 1 and items and _is_pair(items[0]):
-        return items  # type: ignore[return-value]
+    if n == 1 and items and not _is_span_list(items[0]):
+        return items  # type: ignore[return-value]  # one text's spans (each checked when cut)
     if len(items) != n:
         raise FeatureError(f"explicit spans: expected one span list per document ({n}), got {len(items)}")
     return list(items[i])  # type: ignore[arg-type]
 
 
-def _is_pair(x: object) -> bool:
-    return (
-        isinstance(x, (tuple, list))
-        and len(x) == 2
-        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in x)
-    )
+def _is_span_list(x: object) -> bool:
+    """Is ``x`` one document's list of spans (rather than one span)?"""
+    return isinstance(x, (tuple, list)) and (not x or isinstance(x[0], (tuple, list)))
 
 
 class Example(BaseModel):
@@ -308,6 +338,17 @@ class Example(BaseModel):
     prompt: Prompt | None = None
     answer: str | None = None
     id: str | None = None
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _no_bool_offsets(cls, value: Any) -> Any:
+        # pydantic's lax mode would read True as the offset 1
+        def has_bool(x: Any) -> bool:
+            return isinstance(x, bool) or (isinstance(x, (list, tuple)) and any(has_bool(v) for v in x))
+
+        if not isinstance(value, str) and has_bool(value):
+            raise FeatureError("span offsets must be integers, not booleans")
+        return value
 
     @model_validator(mode="after")
     def _one_input(self) -> Example:

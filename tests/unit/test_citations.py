@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from pydantic import BaseModel
 
-from attribsdk import Citations, Citer, ConfigError, InputError, Source, cite, with_citations
+from attribsdk import Citations, Citer, ConfigError, Explanation, InputError, Source, cite, with_citations
 from attribsdk.adapters.local import LocalClosedModel
 from attribsdk.citations import (
     CitedAnswer,
@@ -288,7 +288,7 @@ async def test_default_rope_lime_on_a_real_tiny_model() -> None:
     for s in cits.sentences:
         assert s.r2 is not None and len(s.scores) == 4
         for c in s.citations:
-            assert cits.sources[c.source_index].text[c.start : c.end] == c.text and 0 <= c.confidence < 1
+            assert cits.sources[c.source_index].text[c.start : c.end] == c.text and 0 <= c.confidence <= 1
 
 
 # -- errors, generation ---------------------------------------------------------------------------------
@@ -374,8 +374,29 @@ async def test_decorator_needs_an_answer_it_can_find() -> None:
     async def rag(sources: list[str]) -> dict[str, int]:
         return {"tokens": 3}
 
-    with pytest.raises(InputError, match="cannot find the answer"):
+    with pytest.raises(InputError, match="cannot find the answer") as info:
         await rag(["x"])
+    assert info.value.partial["output"] == {"tokens": 3}  # what the function produced is kept
+
+
+class ZeroProbabilityScorer(PlantedScorer):
+    """Like PlantedScorer, but one answer token has probability 0 under every masked prompt (as a
+    half-precision underflow gives): the whole-answer target stays finite, the per-token data not."""
+
+    def score(self, request: ScoringRequest) -> ScoreResult:
+        res = super().score(request)
+        lp = np.asarray(res.answer_logprobs).copy()
+        lp[1:, 0] = -np.inf
+        return dataclasses.replace(res, answer_logprobs=lp)
+
+
+async def test_a_citation_failure_keeps_the_explanation() -> None:
+    async with Citer(surrogate=ZeroProbabilityScorer({0: 0, 1: 2})) as citer:
+        with pytest.raises(InputError, match="NaN or infinite") as info:
+            await citer.cite(ANSWER, SOURCES, query=QUESTION)
+    expl = info.value.partial["explanation"]
+    assert isinstance(expl, Explanation) and expl.answer == ANSWER and len(expl.features) == 4
+    assert info.value.partial["cost"] == expl.cost
 
 
 async def test_module_level_cite_with_a_citer_or_one_shot() -> None:

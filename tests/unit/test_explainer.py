@@ -14,7 +14,7 @@ from attribsdk.adapters.base import GenerationParams, Message
 from attribsdk.adapters.local import LocalClosedModel
 from attribsdk.adapters.wrappers import FunctionModel, TestModel
 from attribsdk.cost import Budget
-from attribsdk.errors import BudgetExceeded, InputError
+from attribsdk.errors import AdapterError, BudgetExceeded, InputError
 from attribsdk.methods import RopeLime
 from attribsdk.regression import UnderdeterminedFitWarning
 from attribsdk.scoring.base import ScoringRequest
@@ -171,8 +171,28 @@ async def test_explain_many_isolates_failures(tiny: Any) -> None:
         out = await ex.explain_many(examples, concurrency=2, on_result=lambda i, r: seen.append(i))
     assert isinstance(out[0], Explanation) and isinstance(out[3], Explanation)
     assert isinstance(out[1], FeatureError)
-    assert isinstance(out[2], ScoringError) and "upstream exploded" in str(out[2])
+    for bad in (0, 2.5, True, "2"):
+        with pytest.raises(ConfigError, match="concurrency must be an integer"):
+            await ex.explain_many(examples, concurrency=bad)  # type: ignore[arg-type]
+    # a custom model's own error is the closed call's typed error, with what that example spent
+    assert isinstance(out[2], AdapterError) and "RuntimeError: upstream exploded" in str(out[2])
+    assert isinstance(out[2].__cause__, RuntimeError) and out[2].partial["cost"].failed_calls == 1
     assert sorted(seen) == [0, 1, 2, 3]
+
+
+async def test_closed_call_failures_are_typed_and_keep_their_cost(tiny: Any) -> None:
+    def explode(messages: Any, params: Any) -> str:
+        raise RuntimeError("upstream exploded")
+
+    async with Explainer(closed=FunctionModel(explode), surrogate=tiny, cache=False) as ex:
+        with pytest.raises(AdapterError, match="RuntimeError: upstream exploded") as failed:
+            await ex.explain(QUESTION, CONTEXT)
+    assert failed.value.partial["cost"].failed_calls == 1
+    # an empty answer was still a paid call: its cost travels with the error
+    async with Explainer(closed=TestModel("   "), surrogate=tiny, cache=False) as ex:
+        with pytest.raises(InputError, match="empty answer") as empty:
+            await ex.explain(QUESTION, CONTEXT)
+    assert empty.value.partial["cost"].closed_calls == 1 and empty.value.partial["completion"].text == "   "
 
 
 async def test_a_raising_on_result_loses_no_explanation(tiny: Any) -> None:

@@ -67,8 +67,7 @@ def test_rendered_spans_point_at_kept_features() -> None:
         assert r.messages[0].role == "system" and r.messages[-1].role == "user"
         for f, span, k in zip(prompt.features, r.spans, keep, strict=True):
             if not k:
-                assert span is None
-                assert f.text not in r.messages[span[0] if span else -1].content or f.text in "Doc two."
+                assert span is None and f.text not in r.messages[-1].content  # deleted
                 continue
             assert span is not None
             msg, s, e = span
@@ -98,6 +97,17 @@ def test_explicit_spans_and_parts() -> None:
     p = Prompt(template="{context}", documents=(doc,))
     assert p.features[0].start == 7
     assert p.render([False]).messages[-1].content == "Title: "  # fixed text stays
+    # Spans cut a fixed gap into whitespace and text, so its whitespace is a separator: deleting
+    # a feature leaves no stray space or line break beside the fixed text.
+    cut = build_prompt("Q", "Title:\nA B", features=[(7, 8), (9, 10)], template="{context}|{question}")
+    assert [pt.text for pt in cut.documents[0].parts] == ["Title:", "\n", "A", " ", "B"]
+    assert cut.render([0, 1]).messages[-1].content == "Title: B|Q"
+    greeting = build_prompt(
+        "Q", "Hello world, foo", features=[(0, 5), (13, 16)], template="{context}|{question}"
+    )
+    assert greeting.render([0, 1]).messages[-1].content == "world, foo|Q"
+    assert greeting.render([1, 0]).messages[-1].content == "Hello world,|Q"
+    assert greeting.documents[0].text == "Hello world, foo"  # offsets unchanged
     # numpy integers are ints (spans often come from array arithmetic)
     spans = [(np.int64(0), np.int64(5)), (np.int64(11), np.int64(16))]
     assert [f.text for f in build_prompt("Q", text, features=spans).features] == ["alpha", "gamma"]
@@ -119,7 +129,12 @@ def test_explicit_spans_and_parts() -> None:
         ({"question": "Q", "context": "a", "template": "{context} {nope}"}, InputError, r"\['nope'\]"),
         ({"question": "Q", "context": "a", "template": "{context"}, InputError, "invalid prompt template"),
         # not truncated to (0, 2)
-        ({"question": "Q", "context": "abc", "features": [(0, 2.9)]}, FeatureError, "pair of ints"),
+        ({"question": "Q", "context": "abc", "features": [(0, 2.9)]}, FeatureError, r"ints, got \(0, 2.9\)"),
+        ({"question": "Q", "context": "a b", "features": 5}, FeatureError, "got int"),
+        ({"question": "Q", "context": "a b", "features": None}, FeatureError, "got NoneType"),
+        ({"question": "Q", "context": 123}, InputError, "`context` must be a string"),
+        ({"question": "Q", "context": "a", "system": 5}, InputError, "`system` must be a string"),
+        ({"question": "Q", "context": "a", "template": 5}, InputError, "`template` must be a string"),
         ({"question": "Q", "context": "a  b", "features": [(0, 1), (1, 3)]}, FeatureError, "only whitespace"),
     ],
 )
@@ -134,6 +149,14 @@ def test_mask_length_checked_and_example_validation() -> None:
     prompt = build_prompt("a b c", features="words")
     with pytest.raises(InputError, match="3 features"):
         prompt.render([True, False])
+    # "0" would be truthy: masks hold booleans or 0/1 only
+    for bad in (["1", "0", "1"], [1, 2, 1], np.array([1.0, 0.5, 1.0]), "101", np.ones((3, 1))):
+        with pytest.raises(InputError, match="mask"):
+            prompt.render(bad)  # type: ignore[arg-type]
+    assert prompt.render(np.array([1, 0, 1])) == prompt.render([True, False, True])
+    assert prompt.render(np.array([1.0, 0.0, 1.0])) == prompt.render([1, 0, 1])
+    with pytest.raises(FeatureError, match="not booleans"):
+        Example(question="Q", context="abc", features=[(True, 3)])
     with pytest.raises(InputError):
         Example()
     ex = Example(question="Q?", context="One. Two.")
