@@ -29,11 +29,15 @@ class ForwardLock:
     def __enter__(self) -> ForwardLock:
         with self._cond:
             self._waiting_writers += 1
+            acquired = False
             try:
                 while self._writer or self._readers:
                     self._cond.wait()
+                acquired = True
             finally:
                 self._waiting_writers -= 1
+                if not acquired:  # interrupted while waiting: readers held back for us may go on
+                    self._cond.notify_all()
             self._writer = True
         return self
 

@@ -3,7 +3,8 @@
 A target function receives log-probabilities over the whole vocabulary at each answer position and
 returns one number per prompt; larger means "further from the reference answer". Built in:
 
-* ``"kl"`` -- KL(p_ref || p_row) in nats, averaged over answer tokens (0 for the reference, >= 0).
+* ``"kl"`` -- KL(p_ref || p_row) in nats, averaged over answer tokens (0 for the reference;
+  >= 0 up to float32 rounding, about -1e-7 at worst).
 * ``"delta_nll"`` -- mean over answer tokens of NLL_row - NLL_ref in nats/token (0 for the reference;
   positive when the prompt makes the fixed answer less likely).
 

@@ -8,10 +8,13 @@ contents back. The result is checked against a plain rendering of the real messa
 that rewrites contents (other than trimming them) is reported instead of silently misaligned.
 
 Tokenizers without a chat template (base models such as Gemma 3 270M) use a plain fallback: the
-message contents joined by a blank line, an assistant message written ``"Answer: <content>"``, and the
-generation prompt ``"\n\nAnswer: "`` -- for a system and a user message,
-``system + "\n\n" + user + "\n\nAnswer: "``. That text is tokenised with the tokenizer's own
-special tokens (e.g. BOS).
+message contents joined by a blank line, an assistant message written ``"Answer:\n<content>"``, and
+the generation prompt ``"\n\nAnswer:\n"`` -- for a system and a user message,
+``system + "\n\n" + user + "\n\nAnswer:\n"``. That text is tokenised with the tokenizer's own
+special tokens (e.g. BOS). The prompt ends in a line break, not a space: the answer is tokenised on
+its own, and after ``"Answer: "`` a SentencePiece tokenizer would leave a lone ``"▁"`` token and split
+``"▁Paris"`` into ``"▁"`` + ``"Paris"``, a sequence the model never sees; after a line break the
+answer's own tokens are the ones the whole text has.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from ..errors import ConfigError, InputError
 __all__ = ["RenderedChat", "render_chat"]
 
 _PLAIN_SEPARATOR = "\n\n"
-_PLAIN_ANSWER = "Answer: "
+_PLAIN_ANSWER = "Answer:\n"
 
 
 @dataclass(frozen=True)

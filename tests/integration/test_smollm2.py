@@ -76,7 +76,13 @@ def test_gemma_uses_the_plain_template_and_scores(model_store: Any) -> None:
     gemma: LocalModel = model_store.get("gemma3-270m", device="cpu")
     prompt = build_prompt("What is the capital of France?", CONTEXT)
     chat = gemma.render_chat(prompt.render().messages)
-    assert chat.fallback and chat.text.endswith("\n\nAnswer: ")
+    assert chat.fallback and chat.text.endswith("\n\nAnswer:\n")
+    # The answer, tokenised on its own after the prompt, has the tokens the whole text has (no
+    # lone "▁" token at the seam).
+    tok = gemma.tokenizer
+    answer = "Paris is the capital."
+    alone = tok(chat.text)["input_ids"] + tok(answer, add_special_tokens=False)["input_ids"]
+    assert alone == tok(chat.text + answer)["input_ids"]
     result = gemma.score(
         ScoringRequest(
             prompts=[prompt.render(), prompt.render([True, False, True])],

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import threading
+
+import pytest
 
 from attribsdk.scoring._rwlock import ForwardLock
 
@@ -100,3 +103,47 @@ def test_exclusive_is_exclusive() -> None:
         assert not got.is_set()  # parked on the lock, not merely not scheduled yet
     assert got.wait(5)
     t.join()
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_writer_lets_the_readers_it_held_back_in() -> None:
+    lock = ForwardLock()
+    first_in, release, second_in = threading.Event(), threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with lock.shared():
+            first_in.set()
+            release.wait(10)
+
+    def late_reader() -> None:
+        assert _wait_until(lambda: lock._waiting_writers == 1)
+        with lock.shared():
+            second_in.set()
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Interrupted
+
+    threads = [threading.Thread(target=holder), threading.Thread(target=late_reader)]
+    threads[0].start()
+    assert first_in.wait(5)
+    threads[1].start()
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        # The main thread waits for the lock exclusively until a signal interrupts it (as Ctrl-C
+        # would), after the late reader has parked behind it.
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(_Interrupted), lock:
+            pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert lock._waiting_writers == 0
+    # the late reader gets in while the first still holds the lock
+    assert second_in.wait(2) and not release.is_set()
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert not lock.locked()

@@ -256,7 +256,7 @@ def test_feature_tokens_with_plain_fallback_template() -> None:
     prompt = build_prompt(QUESTION, CONTEXT, system="Be brief.")
     chat = lm.render_chat(prompt.render().messages)
     assert chat.fallback and chat.add_special_tokens
-    assert chat.text.startswith("Be brief.\n\nAnswer the question") and chat.text.endswith("\n\nAnswer: ")
+    assert chat.text.startswith("Be brief.\n\nAnswer the question") and chat.text.endswith("\n\nAnswer:\n")
     tokenized = tokenize_prompt(lm, prompt.render())
     for feature, tokens in zip(prompt.features, tokenized.features, strict=True):
         assert tokens is not None
