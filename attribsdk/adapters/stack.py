@@ -65,6 +65,12 @@ class ClosedModelStack(ModelWrapper):
             limited = limited.inner
         self.max_concurrency = limited.max_concurrency if isinstance(limited, LimitedModel) else None
 
+    @property
+    def allow_truncated(self) -> bool:
+        """The adapter's policy on answers cut at ``max_tokens`` (what a cache around this stack
+        replays)."""
+        return bool(getattr(self.adapter, "allow_truncated", True))
+
     async def aclose(self) -> None:
         """Close the adapter and the cache if this stack created them."""
         try:

@@ -24,6 +24,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, Self, runtime_checkable
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from ..errors import ConfigError
 from .store import CacheEntry, CacheStats, DiskCache
 
 __all__ = ["CACHE_URL_ENV", "CACHE_URL_SCHEMES", "CacheBackend", "is_cache_url", "open_cache", "redact_url"]
@@ -162,6 +163,8 @@ def open_cache(target: str | os.PathLike[str] | None = None, **options: Any) -> 
     """
     if target is None:
         target = os.environ.get(CACHE_URL_ENV) or None
+    elif not str(target).strip():
+        raise ConfigError("the cache target is empty: pass a directory, a redis:// URL, or None")
     if is_cache_url(target):
         from .redis import RedisCache
 

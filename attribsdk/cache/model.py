@@ -19,7 +19,7 @@ import anyio
 from ..adapters.base import ClosedModel, Completion, GenerationParams, Message
 from ..adapters.wrappers import ModelWrapper, describe_request
 from ..cost import CallLedger
-from ..errors import AdapterError, AttribError, ConfigError, TruncatedOutputError
+from ..errors import AdapterError, AttribError, BudgetExceeded, ConfigError, InputError, TruncatedOutputError
 from .backend import CacheBackend
 from .keys import request_key
 from .store import CacheEntry
@@ -36,6 +36,11 @@ class _Flight:
     done: anyio.Event = field(default_factory=anyio.Event)
     result: Completion | None = None
     error: Exception | None = None
+
+
+#: A leader's errors that belong to its caller rather than to the request (its budget, its
+#: configuration): a follower, possibly of another explainer sharing the cache, asks for itself.
+_CALLERS_OWN = (BudgetExceeded, ConfigError, InputError)
 
 
 def as_hit(completion: Completion) -> Completion:
@@ -120,6 +125,8 @@ class CachedModel(ModelWrapper):
                 answered = error.partial.get("completion")
                 if isinstance(answered, Completion):
                     return self._hit(answered)  # stored by the leader: served (or refused) as a hit
+            if isinstance(error, _CALLERS_OWN):
+                continue  # the leader's budget or settings refused it, not the request: ask ourselves
             if error is not None:
                 raise _own_copy(error)
             # The leader was cancelled before finishing: try again (one of us becomes the leader).
@@ -162,7 +169,9 @@ class CachedModel(ModelWrapper):
 
     async def _store(self, key: str, request: dict[str, object], completion: Completion) -> None:
         try:
-            await self.cache.put(CacheEntry.create(key, self.name, dict(request), completion))
+            # Shielded: a caller cancelled after the answer came back must not lose what it paid for.
+            with anyio.CancelScope(shield=True):
+                await self.cache.put(CacheEntry.create(key, self.name, dict(request), completion))
         except Exception as exc:  # a full disk must not lose an answer that was paid for
             logger.warning("cache %s: could not store %s… (%s)", self.cache.location, key[:12], exc)
 

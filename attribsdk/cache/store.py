@@ -50,8 +50,6 @@ logger = logging.getLogger("attribsdk.cache")
 SCHEMA_VERSION = 1
 #: Environment variable overriding :func:`default_cache_dir`.
 CACHE_DIR_ENV = "ATTRIBSDK_CACHE_DIR"
-#: Number of lock files keys are spread over (hex digits of the key prefix: 16**3).
-_LOCK_PREFIX = 3
 
 
 def default_cache_dir() -> Path:
@@ -232,7 +230,9 @@ class DiskCache(ThreadedCacheAPI):
     Args:
         directory: where to keep it (default :func:`default_cache_dir`); created on first use.
         lock_timeout: seconds to wait for another process's lock on a key before going ahead
-            without it (a safety valve against a hung holder; dead holders release at once).
+            without it (a safety valve against a hung holder); ``None`` (default): wait as long
+            as the holder lives (the system releases a dead holder's lock at once). Locks are per
+            key: requests that differ never wait for each other.
         lock_poll: seconds between attempts to take a busy lock.
 
     Use it as an (async) context manager or call :meth:`aclose` / :meth:`close`.
@@ -242,13 +242,15 @@ class DiskCache(ThreadedCacheAPI):
         self,
         directory: str | os.PathLike[str] | None = None,
         *,
-        lock_timeout: float = 600.0,
+        lock_timeout: float | None = None,
         lock_poll: float = 0.01,
     ) -> None:
         self.directory = Path(directory).expanduser() if directory is not None else default_cache_dir()
         if self.directory.exists() and not self.directory.is_dir():
             raise ConfigError(f"cache directory {self.directory} exists and is not a directory")
-        self.lock_timeout = float(lock_timeout)
+        if lock_timeout is not None and not (lock_timeout > 0):
+            raise ConfigError(f"lock_timeout must be > 0 seconds or None, got {lock_timeout!r}")
+        self.lock_timeout = None if lock_timeout is None else float(lock_timeout)
         self.lock_poll = float(lock_poll)
         self._cache: diskcache.Cache | None = None
         self._open_lock = threading.Lock()
@@ -340,15 +342,21 @@ class DiskCache(ThreadedCacheAPI):
     @contextlib.asynccontextmanager
     async def lock(self, key: str) -> AsyncIterator[bool]:
         """Hold the cross-process lock for ``key``; yields False if it timed out and went ahead."""
-        lock_dir = self.directory / "locks"
-        await anyio.to_thread.run_sync(lambda: lock_dir.mkdir(parents=True, exist_ok=True))
-        lock = filelock.FileLock(str(lock_dir / f"{key[:_LOCK_PREFIX]}.lock"), thread_local=False)
+        # One (empty) lock file per key, in 256 subdirectories.
+        lock_dir = self.directory / "locks" / key[:2]
+        lock = filelock.FileLock(str(lock_dir / f"{key}.lock"), thread_local=False)
         acquired = False
         waited = 0.0
         delay = self.lock_poll
         while True:
-            acquired = await anyio.to_thread.run_sync(_try_acquire, lock)
-            if acquired or waited >= self.lock_timeout:
+            try:
+                acquired = await anyio.to_thread.run_sync(_try_acquire, lock, lock_dir)
+            except OSError as exc:
+                raise CacheUnavailableError(
+                    f"the cache directory {self.directory} cannot hold its lock files "
+                    f"({type(exc).__name__}: {exc}); pass another cache directory or cache=False"
+                ) from exc
+            if acquired or (self.lock_timeout is not None and waited >= self.lock_timeout):
                 break
             await anyio.sleep(delay)
             waited += delay
@@ -372,7 +380,8 @@ class DiskCache(ThreadedCacheAPI):
 ResponseCache = DiskCache
 
 
-def _try_acquire(lock: filelock.FileLock) -> bool:
+def _try_acquire(lock: filelock.FileLock, lock_dir: Path) -> bool:
+    lock_dir.mkdir(parents=True, exist_ok=True)
     try:
         lock.acquire(blocking=False)
     except filelock.Timeout:

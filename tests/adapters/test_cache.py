@@ -20,6 +20,7 @@ from attribsdk.adapters._retry import RetryPolicy
 from attribsdk.adapters.anthropic import AnthropicModel
 from attribsdk.adapters.base import Completion, GenerationParams, Message
 from attribsdk.adapters.openai import OpenAIModel
+from attribsdk.adapters.stack import build_closed_model
 from attribsdk.adapters.wrappers import FunctionModel, TestModel
 from attribsdk.cache import (
     CachedModel,
@@ -29,12 +30,15 @@ from attribsdk.cache import (
     canonical_json,
     request_key,
 )
+from attribsdk.cache.backend import open_cache
 from attribsdk.cache.cli import cache_app
-from attribsdk.cost import CallLedger, Price, Pricing
+from attribsdk.cost import Budget, CallLedger, Price, Pricing
 from attribsdk.errors import (
     APIStatusError,
     AuthenticationError,
+    BudgetExceeded,
     CacheUnavailableError,
+    ConfigError,
     LogprobsUnavailableError,
     TruncatedOutputError,
 )
@@ -378,6 +382,77 @@ async def test_cross_process_lock_makes_the_second_caller_wait_and_reuse(
     await inner.aclose()
     holder.close()
     other.close()
+
+
+async def test_locks_are_per_key_so_different_requests_never_wait(tmp_path: Path) -> None:
+    holder, other = ResponseCache(tmp_path), ResponseCache(tmp_path, lock_timeout=0.2)
+    key = "abc" + "0" * 61
+    neighbour = "abc" + "1" * 61  # same first hex digits: these shared a lock file before
+    async with holder.lock(key) as held:
+        assert held
+        with anyio.fail_after(5):
+            async with other.lock(neighbour) as acquired:
+                assert acquired  # taken at once, not after the 0.2 s timeout
+        async with other.lock(key) as same:
+            assert not same  # the same key waits (here: until the timeout, then goes ahead)
+    assert ResponseCache(tmp_path).lock_timeout is None  # by default a live holder is waited for
+    with pytest.raises(ConfigError, match="lock_timeout"):
+        ResponseCache(tmp_path, lock_timeout=0)
+    # a directory that cannot hold lock files is a typed error
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "locks").write_text("not a directory")
+    with pytest.raises(CacheUnavailableError, match="lock files"):
+        async with ResponseCache(blocked).lock(key):
+            pass
+    holder.close()
+    other.close()
+    with pytest.raises(ConfigError, match="empty"):
+        open_cache("  ")
+
+
+async def test_a_paid_answer_is_stored_even_when_its_caller_is_cancelled(tmp_path: Path) -> None:
+    class SlowStore(ResponseCache):
+        async def put(self, entry: CacheEntry) -> None:
+            await anyio.sleep(0.2)  # a busy thread pool
+            await super().put(entry)
+
+    inner = TestModel("paid for")
+    async with SlowStore(tmp_path) as cache:
+        with anyio.move_on_after(0.05) as scope:
+            await CachedModel(inner, cache).generate(ask(), PARAMS)
+        assert scope.cancel_called and len(inner.calls) == 1  # cancelled while storing
+        assert [e.completion.text for e in cache.iter_entries()] == ["paid for"]
+
+
+async def test_a_leaders_budget_refusal_is_not_its_followers(tmp_path: Path) -> None:
+    """Two explainers share a cache: one's spent budget does not refuse the other's call."""
+    async with ResponseCache(tmp_path) as cache:
+        broke = build_closed_model(TestModel("answer"), cache=cache, budget=Budget(max_calls=0))
+        funded = build_closed_model(TestModel("answer"), cache=cache)
+        outcomes: dict[str, object] = {}
+
+        async def call(name: str, stack: Any) -> None:
+            try:
+                outcomes[name] = (await stack.generate(ask(), PARAMS)).text
+            except BudgetExceeded as exc:
+                outcomes[name] = exc
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, "broke", broke)
+            await anyio.sleep(0)  # the broke caller leads the flight
+            tg.start_soon(call, "funded", funded)
+    assert isinstance(outcomes["broke"], BudgetExceeded) and outcomes["funded"] == "answer"
+    assert funded.ledger.report().closed_calls == 1
+
+
+def test_a_cache_around_a_ready_stack_follows_its_adapters_truncation_policy(tmp_path: Path) -> None:
+    strict = OpenAIModel.compatible_from_spec("m@http://127.0.0.1:9/v1")
+    inner = build_closed_model(strict)
+    outer = build_closed_model(inner, cache=tmp_path)
+    assert inner.allow_truncated is False
+    cached = outer.inner
+    assert isinstance(cached, CachedModel) and cached.allow_truncated is False
 
 
 def _worker(*args: str) -> subprocess.Popen[str]:
