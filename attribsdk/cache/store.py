@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -48,6 +49,11 @@ logger = logging.getLogger("attribsdk.cache")
 
 #: Version of the stored entry format; entries of another version are ignored (misses).
 SCHEMA_VERSION = 1
+#: File that marks a directory as an attribsdk disk cache.
+MARKER = "attribsdk-cache.json"
+#: diskcache settings every attribsdk disk cache was created with (a directory without
+#: :data:`MARKER` is adopted only when its database has them).
+_OWN_SETTINGS = {"eviction_policy": "none", "sqlite_synchronous": 2}
 #: Environment variable overriding :func:`default_cache_dir`.
 CACHE_DIR_ENV = "ATTRIBSDK_CACHE_DIR"
 
@@ -272,6 +278,7 @@ class DiskCache(ThreadedCacheAPI):
             if self._cache is None:
                 try:
                     self.directory.mkdir(parents=True, exist_ok=True)
+                    self._claim()
                     self._cache = diskcache.Cache(
                         str(self.directory),
                         disk=JSONTextDisk,
@@ -279,12 +286,32 @@ class DiskCache(ThreadedCacheAPI):
                         sqlite_synchronous=2,
                         statistics=False,
                     )
+                except CacheUnavailableError:
+                    raise
                 except (OSError, sqlite3.Error) as exc:
                     raise CacheUnavailableError(
                         f"the cache directory {self.directory} cannot be opened "
                         f"({type(exc).__name__}: {exc}); pass another cache directory or cache=False"
                     ) from exc
             return self._cache
+
+    def _claim(self) -> None:
+        """Refuse a directory that holds another program's diskcache (opening it with these
+        settings would rewrite its eviction policy, and ``clear`` would delete its entries);
+        mark a new or earlier attribsdk cache as this package's (:data:`MARKER`)."""
+        marker = self.directory / MARKER
+        if marker.exists():
+            return
+        db = self.directory / "cache.db"
+        if db.exists():
+            with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
+                settings = dict(con.execute("SELECT key, value FROM Settings").fetchall())
+            if any(settings.get(k) != v for k, v in _OWN_SETTINGS.items()):
+                raise CacheUnavailableError(
+                    f"{self.directory} holds a cache that is not attribsdk's (no {MARKER}; "
+                    f"eviction_policy {settings.get('eviction_policy')!r}); pass another cache directory"
+                )
+        marker.write_text(json.dumps({"format": "attribsdk-cache", "schema_version": SCHEMA_VERSION}) + "\n")
 
     def get_sync(self, key: str) -> CacheEntry | None:
         """The valid entry under ``key``, or ``None`` (a corrupt or foreign entry counts as missing)."""
@@ -318,7 +345,8 @@ class DiskCache(ThreadedCacheAPI):
                 yield entry
 
     def stats(self) -> CacheStats:
-        """Entry count and size on disk (does not create a missing directory)."""
+        """Entry count and size on disk (does not create a missing directory; raises
+        :class:`~attribsdk.errors.CacheUnavailableError` for another program's cache)."""
         exists = (self.directory / "cache.db").exists()
         base = CacheStats.model_validate({"directory": str(self.directory), "exists": exists, **self._stats})
         if not exists:
@@ -327,7 +355,8 @@ class DiskCache(ThreadedCacheAPI):
         return base.model_copy(update={"entries": len(cache), "size_bytes": int(cache.volume())})
 
     def clear(self) -> int:
-        """Delete every entry; returns how many there were. A missing cache stays missing."""
+        """Delete every entry; returns how many there were. A missing cache stays missing, and
+        another program's cache is refused (:class:`~attribsdk.errors.CacheUnavailableError`)."""
         if not (self.directory / "cache.db").exists():
             return 0
         return int(self._open().clear())

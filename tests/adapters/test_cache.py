@@ -32,6 +32,7 @@ from attribsdk.cache import (
 )
 from attribsdk.cache.backend import open_cache
 from attribsdk.cache.cli import cache_app
+from attribsdk.cache.store import MARKER
 from attribsdk.cost import Budget, CallLedger, Price, Pricing
 from attribsdk.errors import (
     APIStatusError,
@@ -121,7 +122,9 @@ class _Evil:
 
 def test_disk_format_is_json_text_and_never_unpickles(tmp_path: Path) -> None:
     key = "a" * 64
-    with diskcache.Cache(str(tmp_path)) as foreign:  # someone planting a pickle in our directory
+    with ResponseCache(tmp_path) as ours:  # created by attribsdk (marked as ours) ...
+        ours._open()
+    with diskcache.Cache(str(tmp_path)) as foreign:  # ... then someone plants a pickle in it
         foreign.set(key, _Evil())
     with ResponseCache(tmp_path) as cache:
         assert cache.get_sync(key) is None
@@ -412,16 +415,19 @@ async def test_locks_are_per_key_so_different_requests_never_wait(tmp_path: Path
 
 
 async def test_a_paid_answer_is_stored_even_when_its_caller_is_cancelled(tmp_path: Path) -> None:
+    scope = anyio.CancelScope()
+
     class SlowStore(ResponseCache):
         async def put(self, entry: CacheEntry) -> None:
-            await anyio.sleep(0.2)  # a busy thread pool
+            scope.cancel()  # the caller is cancelled while its paid answer is being stored
+            await anyio.sleep(0.05)  # e.g. waiting for a worker thread
             await super().put(entry)
 
     inner = TestModel("paid for")
     async with SlowStore(tmp_path) as cache:
-        with anyio.move_on_after(0.05) as scope:
+        with scope:
             await CachedModel(inner, cache).generate(ask(), PARAMS)
-        assert scope.cancel_called and len(inner.calls) == 1  # cancelled while storing
+        assert scope.cancel_called and len(inner.calls) == 1
         assert [e.completion.text for e in cache.iter_entries()] == ["paid for"]
 
 
@@ -542,3 +548,25 @@ async def test_cli_stats_and_clear(tmp_path: Path) -> None:
     result = runner.invoke(cache_app, ["clear", "--dir", str(tmp_path), "--yes"])
     assert result.exit_code == 0 and "deleted 3" in result.output
     assert "entries:   0" in runner.invoke(cache_app, ["stats", "--dir", str(tmp_path)]).output
+
+
+def test_another_programs_diskcache_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    foreign = tmp_path / "foreign"
+    with diskcache.Cache(str(foreign)) as theirs:  # another app, diskcache's own defaults
+        theirs.set("their-key", {"pickled": True})
+    for use in (lambda c: c.stats(), lambda c: c.clear(), lambda c: c.get_sync("k" * 64)):
+        with pytest.raises(CacheUnavailableError, match="not attribsdk's"):
+            use(ResponseCache(foreign))
+    result = CliRunner().invoke(cache_app, ["clear", "--dir", str(foreign), "--yes"])
+    assert result.exit_code != 0 and "not attribsdk's" in result.output
+    with diskcache.Cache(str(foreign)) as theirs:
+        assert theirs.get("their-key") == {"pickled": True}
+        assert theirs.eviction_policy == "least-recently-stored"  # settings untouched
+    # A cache attribsdk made before the marker existed (its own settings) is adopted.
+    earlier = tmp_path / "earlier"
+    with ResponseCache(earlier) as ours:
+        ours.put_sync(CacheEntry.create("a" * 64, "test:model", {}, Completion(text="kept", model="m")))
+    (earlier / MARKER).unlink()
+    with ResponseCache(earlier) as again:
+        assert [e.completion.text for e in again.iter_entries()] == ["kept"]
+    assert json.loads((earlier / MARKER).read_text())["format"] == "attribsdk-cache"
