@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from ._cli_common import guard
+from ._cli_common import fail, guard
 
 app = typer.Typer(
     help="Compare RoPE-LIME with closed-loop baselines: closed calls, dollars, time, quality.",
@@ -98,5 +98,14 @@ def compare(
                 report = run_compare(config, out, surrogate=pool)
         typer.echo(format_table(report))
         typer.echo(f"\nwrote {out / 'compare.json'}, {out / 'compare.png'} and {out / 'compare.html'}")
+        # A method that explained nothing is a failed run for scripts and CI, files written or not.
+        for summary in report.methods:
+            if summary.n_ok == 0:
+                first = next(
+                    (r["error"] for r in report.rows if r["method"] == summary.method and "error" in r), ""
+                )
+                fail(
+                    f"{summary.method} explained none of the {summary.n_examples} examples ({first})", code=1
+                )
 
     guard(run, debug=debug, interrupted="interrupted; paid answers are in the cache under --out")

@@ -58,8 +58,10 @@ async def main(out_dir: Path | None) -> None:
     )
     budget = Budget(max_calls=3, max_usd=0.01)
     params = GenerationParams(max_tokens=32, temperature=0.0)
+    # cache=False: with a real provider the disk cache would answer a second run for free, and the
+    # budget (which counts paid calls) would then let the fourth request through.
     async with Explainer(
-        closed=CLOSED, budget=budget, pricing=pricing, params=params, max_concurrency=2
+        closed=CLOSED, budget=budget, pricing=pricing, params=params, max_concurrency=2, cache=False
     ) as ex:
         print(f"explaining {len(REQUESTS)} answers concurrently with {ex!r}")
         results: list[Explanation | None] = [None] * len(REQUESTS)

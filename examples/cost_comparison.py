@@ -14,11 +14,19 @@ Run:  python examples/cost_comparison.py [N]     (outputs in results/cost_compar
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from attribsdk.compare import CompareConfig, compare, format_table
+from attribsdk.eval.datasets import data_dir
+
+# The shared HotpotQA dev file when it is there, else the repository's small test slice.
+SHARED = data_dir() / "hotpotqa_dev_distractor.dev.jsonl"
+FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "hotpotqa_slice.jsonl"
 
 config = CompareConfig(
     dataset="hotpotqa-paper",
+    data_path=None if SHARED.is_file() else str(FIXTURE),
+    split="report" if SHARED.is_file() else "all",
     n_examples=int(sys.argv[1]) if len(sys.argv) > 1 else 3,
     methods=("rope-lime", "rope-lime-loo", "gsmile"),
     closed="local:smollm2",  # ← the one line to change: "openai:gpt-4o-mini", "anthropic:..."

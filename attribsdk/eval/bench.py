@@ -685,7 +685,7 @@ async def arun_benchmark(
     result = BenchResult(
         out_dir=out, rows=existing + new_rows, errors=errors, computed=len(new_rows), skipped=skipped
     )
-    if report:
+    if report and result.rows:  # nothing to report when every row failed (see result.errors)
         from .report import write_report
 
         result.report = write_report(out, reference=reference)

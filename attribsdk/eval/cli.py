@@ -193,6 +193,9 @@ def run(
         typer.echo(summary)
         if result.report is not None:
             typer.echo(f"report: {result.report.markdown}")
+        if result.errors and not result.rows:  # nothing to report at all
+            first = result.errors[0]
+            _fail(f"every row failed; first: {first.get('error')}: {first.get('message')}", code=1)
 
     guard(go, debug=debug, interrupted=_INTERRUPTED)
 

@@ -238,7 +238,12 @@ def _summary(expl: Explanation) -> str:
         ),
     ]
     if cost.budget is not None:
-        items.append(("budget", f"max ${cost.budget.max_usd}, max {cost.budget.max_calls} calls"))
+        b = cost.budget
+        limits = [
+            f"max ${b.max_usd}" if b.max_usd is not None else "",
+            f"max {b.max_calls} calls" if b.max_calls is not None else "",
+        ]
+        items.append(("budget", ", ".join(x for x in limits if x) or "no limit"))
     if expl.engine.get("device"):
         items.append(("device", f"{expl.engine.get('device')} {expl.engine.get('dtype', '')}".strip()))
     return (

@@ -68,3 +68,21 @@ def test_a_misspelt_method_fails_before_any_call(
     assert result.exit_code == 2, result.output
     assert "unknown method 'gsmlie'" in result.output and "Traceback" not in result.output
     assert server.calls() == 0 and not out.exists()
+
+
+def test_a_method_that_explains_nothing_fails_the_run(
+    server: FakeLLMServer, tiny_dir: Path, tmp_path: Path
+) -> None:
+    server.api_key = "sk-needed"  # the compare run sends none: every closed call is refused
+    out = tmp_path / "out"
+    args = [
+        "compare", "--out", str(out), "--dataset", "jsonl", "--data", str(FIXTURES / "user_examples.jsonl"),
+        "--n", "2", "-m", "rope-lime",
+        "--closed", f"openai-compatible:my-model@{server.openai_base_url}",
+        "--surrogate", str(tiny_dir), "--split", "all",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "rope-lime explained none of the 2 examples (AuthenticationError" in result.output
+    report = CompareReport.model_validate_json((out / "compare.json").read_text())  # still written
+    assert report.methods[0].n_failed == 2 and "Traceback" not in result.output

@@ -512,6 +512,16 @@ def test_cli_run_and_report(tmp_path: Path) -> None:
     assert all("abpc" in r["metrics"] for r in load_rows(tmp_path / "steps"))
     rep = runner.invoke(app, ["report", str(out), "--no-plots"])
     assert rep.exit_code == 0 and "0 plots" in rep.output
+    # a run where every row failed exits 1, for scripts and CI
+    no_answers = tmp_path / "no_answers.jsonl"
+    no_answers.write_text(
+        "".join(line + "\n" for line in USER.read_text().splitlines() if '"u2"' in line), encoding="utf-8"
+    )
+    none = [*args[: args.index("--data")], "--data", str(no_answers), *args[args.index("--split") :]]
+    none[none.index("--out") + 1] = str(tmp_path / "none")
+    failed = runner.invoke(app, none)
+    assert failed.exit_code == 1, failed.output
+    assert "every row failed; first: InputError" in failed.output
     missing = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "not found" in missing.output
     bad = runner.invoke(

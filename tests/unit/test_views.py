@@ -16,7 +16,7 @@ import pytest
 
 from attribsdk import Explainer, Explanation
 from attribsdk.adapters.wrappers import TestModel
-from attribsdk.cost import Price, Pricing
+from attribsdk.cost import Budget, Price, Pricing
 from attribsdk.views.html import feature_color, input_segments, to_html, to_html_many
 from attribsdk.views.progress import progress_bar, progress_enabled
 from tests.tiny_models import tiny_local_model
@@ -151,6 +151,10 @@ def test_ranked_table_and_summary(expl: Explanation) -> None:
     assert c.closed_calls == 1 and c.cache_hits == 0
     assert f"1 ({c.http_attempts} HTTP attempts, 0 cache hits)" in page
     assert f"<dt>fit</dt><dd>R² {expl.r2:.3f}</dd>" in page
+    calls_only = expl.model_copy(
+        update={"cost": expl.cost.model_copy(update={"budget": Budget(max_calls=3)})}
+    )
+    assert "<dt>budget</dt><dd>max 3 calls</dd>" in to_html(calls_only)
     # an underdetermined fit says so, in both views
     few = expl.model_copy(update={"fit_rank": 2})
     said = f"identify only 2 of {len(expl.features)} feature effects"
