@@ -125,10 +125,13 @@ class MethodSummary(BaseModel):
     f1: float | None
     auroc: float | None
     n_quality: int = 0
-
-    @property
-    def calls_per_explanation(self) -> float:
-        return (self.closed_calls + self.cache_hits) / max(self.n_examples, 1)
+    #: Per explanation, means over the same ``n_quality`` examples as the quality metrics (``None``
+    #: when there is none): closed calls (cache hits included), dollars paid or served from the
+    #: cache (``None`` too when a price is unknown) and seconds. A method that fails early on hard
+    #: examples does not look cheaper for it; the totals above still count every example.
+    mean_calls: float | None = None
+    mean_usd: float | None = None
+    mean_seconds: float | None = None
 
 
 class CompareReport(BaseModel):
@@ -301,6 +304,7 @@ def _summarise(
                 closed_calls=res.counts.closed_calls,
                 cache_hits=res.counts.cache_hits,
                 cost_usd=res.cost.cost_usd,
+                avoided_usd=res.cost.avoided_usd,
                 seconds=res.timings.total,
                 surrogate_sequences=res.counts.surrogate_sequences,
             )
@@ -329,8 +333,8 @@ def _summarise(
 
 
 def _pair_quality(summaries: list[MethodSummary], rows: Sequence[dict[str, Any]]) -> None:
-    """Set each summary's quality means over the examples every method finished: a method that
-    failed on the hard examples must not look better for it."""
+    """Set each summary's quality and per-explanation cost means over the examples every method
+    finished: a method that failed on the hard examples must not look better or cheaper for it."""
     finished: dict[str, set[str]] = {s.method: set() for s in summaries}
     for row in rows:
         if "metrics" in row:
@@ -338,12 +342,22 @@ def _pair_quality(summaries: list[MethodSummary], rows: Sequence[dict[str, Any]]
     common = set.intersection(*finished.values()) if finished else set()
     for s in summaries:
         values: dict[str, list[float]] = {"iou": [], "f1": [], "auroc": []}
-        for row in rows:
-            if row["method"] == s.method and row["id"] in common:
-                for k in values:
-                    values[k].append(row["metrics"][k])
+        mine = [row for row in rows if row["method"] == s.method and row["id"] in common]
+        for row in mine:
+            for k in values:
+                values[k].append(row["metrics"][k])
         s.iou, s.f1, s.auroc = _mean(values["iou"]), _mean(values["f1"]), _mean(values["auroc"])
         s.n_quality = len(common)
+        s.mean_calls = _mean([row.get("closed_calls", 0) + row.get("cache_hits", 0) for row in mine])
+        s.mean_seconds = _mean([row["seconds"] for row in mine if "seconds" in row])
+        dollars = [_paid_or_served(row) for row in mine]
+        s.mean_usd = None if any(d is None for d in dollars) else _mean([d for d in dollars if d is not None])
+
+
+def _paid_or_served(row: dict[str, Any]) -> float | None:
+    """One explanation's dollars, paid or served from the cache (``None``: unknown price)."""
+    paid, avoided = row.get("cost_usd"), row.get("avoided_usd", 0.0)
+    return None if paid is None or avoided is None else float(paid) + float(avoided)
 
 
 def compare(config: CompareConfig, out_dir: str | os.PathLike[str], **kwargs: Any) -> CompareReport:
@@ -400,8 +414,8 @@ def format_table(report: CompareReport) -> str:
         per = ", ".join(f"{s.method} {s.n_failed}" for s in report.methods if s.n_failed)
         quality_n = report.methods[0].n_quality if report.methods else 0
         lines.append(
-            f"{failed} explanations failed ({per}; see rows[].error in {JSON_FILE}); IoU/F1/AUROC are "
-            f"over the {quality_n} examples every method finished"
+            f"{failed} explanations failed ({per}; see rows[].error in {JSON_FILE}); IoU/F1/AUROC and "
+            f"the plot's per-explanation figures are over the {quality_n} examples every method finished"
         )
     return "\n".join(lines)
 

@@ -117,18 +117,19 @@ def plot_attributions(
 
 @_plain_text
 def plot_cost_quality(report: CompareReport, path: PathLike | None = None) -> Figure:
-    """Cost vs quality: closed calls (left) and dollars (right) per explanation against AUROC."""
+    """Cost vs quality: closed calls (left) and dollars (right) per explanation against AUROC, all
+    means over the examples every method finished (``MethodSummary.mean_calls``, ``mean_usd``)."""
     fig = _figure((10.0, 4.0))
     axes = fig.subplots(1, 2)
     for s in report.methods:
-        n = max(s.n_examples, 1)
         y = s.auroc if s.auroc is not None else float("nan")
-        axes[0].scatter([s.calls_per_explanation], [y], s=60)
-        axes[0].annotate(s.method, (s.calls_per_explanation, y), textcoords="offset points", xytext=(5, 5))
-        dollars = (s.cost_usd or 0.0) + (s.avoided_usd or 0.0)
-        if s.cost_usd is not None:
-            axes[1].scatter([dollars / n], [y], s=60)
-            axes[1].annotate(s.method, (dollars / n, y), textcoords="offset points", xytext=(5, 5))
+        if s.mean_calls is not None:
+            axes[0].scatter([s.mean_calls], [y], s=60)
+            axes[0].annotate(s.method, (s.mean_calls, y), textcoords="offset points", xytext=(5, 5))
+        if s.mean_usd is not None:
+            axes[1].scatter([s.mean_usd], [y], s=60)
+            axes[1].annotate(s.method, (s.mean_usd, y), textcoords="offset points", xytext=(5, 5))
+    n_common = report.methods[0].n_quality if report.methods else 0
     axes[0].set_xlabel("closed calls per explanation")
     axes[1].set_xlabel("$ per explanation (paid + served from cache)")
     for ax in axes:
@@ -136,7 +137,9 @@ def plot_cost_quality(report: CompareReport, path: PathLike | None = None) -> Fi
         ax.grid(alpha=0.3)
     label = report.config.price_as or report.closed
     fig.suptitle(
-        f"{len(report.examples)} examples of {report.config.dataset}; priced as {label}", fontsize=10
+        f"{n_common} of {len(report.examples)} examples of {report.config.dataset} (those every method "
+        f"finished); priced as {label}",
+        fontsize=10,
     )
     fig.tight_layout()
     _save(fig, path)

@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -554,7 +555,12 @@ def test_another_programs_diskcache_is_refused_and_left_as_it_was(tmp_path: Path
     foreign = tmp_path / "foreign"
     with diskcache.Cache(str(foreign)) as theirs:  # another app, diskcache's own defaults
         theirs.set("their-key", {"pickled": True})
-    for use in (lambda c: c.stats(), lambda c: c.clear(), lambda c: c.get_sync("k" * 64)):
+    uses: list[Callable[[ResponseCache], object]] = [
+        lambda c: c.stats(),
+        lambda c: c.clear(),
+        lambda c: c.get_sync("k" * 64),
+    ]
+    for use in uses:
         with pytest.raises(CacheUnavailableError, match="not attribsdk's"):
             use(ResponseCache(foreign))
     result = CliRunner().invoke(cache_app, ["clear", "--dir", str(foreign), "--yes"])

@@ -156,7 +156,7 @@ def test_mask_length_checked_and_example_validation() -> None:
     assert prompt.render(np.array([1, 0, 1])) == prompt.render([True, False, True])
     assert prompt.render(np.array([1.0, 0.0, 1.0])) == prompt.render([1, 0, 1])
     with pytest.raises(FeatureError, match="not booleans"):
-        Example(question="Q", context="abc", features=[(True, 3)])
+        Example(question="Q", context="abc", features=[(True, 3)])  # type: ignore[arg-type]
     with pytest.raises(InputError):
         Example()
     ex = Example(question="Q?", context="One. Two.")

@@ -367,14 +367,20 @@ def test_compare_quality_is_over_the_examples_every_method_finished() -> None:
             avoided_usd=0.0, wall_seconds=1.0, surrogate_sequences=0, iou=None, f1=None, auroc=None,
         )  # fmt: skip
 
-    def row(method: str, example: str, auroc: float) -> dict[str, Any]:
-        return {"method": method, "id": example, "metrics": {"iou": auroc, "f1": auroc, "auroc": auroc}}
+    def row(method: str, example: str, auroc: float, calls: int, usd: float) -> dict[str, Any]:
+        return {
+            "method": method, "id": example, "metrics": {"iou": auroc, "f1": auroc, "auroc": auroc},
+            "closed_calls": calls, "cache_hits": 1, "cost_usd": usd, "avoided_usd": 0.5, "seconds": calls,
+        }  # fmt: skip
 
-    rows = [row("rope-lime", "easy", 0.9), row("rope-lime", "hard", 0.3), row("gsmile", "easy", 0.8)]
+    rows = [row("rope-lime", "easy", 0.9, 1, 1.0), row("rope-lime", "hard", 0.3, 9, 9.0)]
+    rows.append(row("gsmile", "easy", 0.8, 20, 20.0))
     rows.append({"method": "gsmile", "id": "hard", "error": "BudgetExceeded: ..."})
     summaries = [summary("rope-lime", 0), summary("gsmile", 1)]
     _pair_quality(summaries, rows)
     assert [(s.auroc, s.n_quality) for s in summaries] == [(0.9, 1), (0.8, 1)]  # not 0.6 vs 0.8
+    # costs per explanation on the same example: RoPE-LIME's hard example is not counted against it
+    assert [(s.mean_calls, s.mean_usd, s.mean_seconds) for s in summaries] == [(2, 1.5, 1), (21, 20.5, 20)]
     report = CompareReport(
         config=CompareConfig(n_examples=2), closed="local:smollm2", pricing_note="", price_source="t",
         examples=["easy", "hard"], methods=summaries, rows=rows,
