@@ -71,6 +71,8 @@ def compare(
     from .compare import compare as run_compare
 
     def run() -> None:
+        if ray_address is None and ray_actors is not None:
+            fail("--ray-actors applies with --ray-address")
         config = CompareConfig(
             dataset=dataset,
             data_path=str(data) if data is not None else None,

@@ -130,6 +130,10 @@ def run(
         specs = [*(methods or []), *ctx.args]
         if not specs:
             _fail("give at least one method: --methods rope-lime rope-lime-loo")
+        if deletion_steps is not None and not faithfulness:
+            _fail("--deletion-steps applies to deletion curves: add --faithfulness (e.g. abpc)")
+        if ray_address is None and (ray_actors is not None or ray_gpus_per_actor):
+            _fail("--ray-actors and --ray-gpus-per-actor apply with --ray-address")
         options: dict[str, Any] = {}
         if features is not None:
             options["granularity"] = features

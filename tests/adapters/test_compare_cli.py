@@ -68,6 +68,8 @@ def test_a_misspelt_method_fails_before_any_call(
     assert result.exit_code == 2, result.output
     assert "unknown method 'gsmlie'" in result.output and "Traceback" not in result.output
     assert server.calls() == 0 and not out.exists()
+    lone = CliRunner().invoke(app, ["compare", "--out", str(out), "--ray-actors", "2"])
+    assert lone.exit_code == 2 and "--ray-address" in lone.output and not out.exists()
 
 
 def test_a_method_that_explains_nothing_fails_the_run(

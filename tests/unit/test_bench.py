@@ -539,6 +539,14 @@ def test_cli_run_and_report(tmp_path: Path) -> None:
         ],
     )
     assert bad.exit_code == 2 and "key=value" in bad.output
+    # options that only apply with another one are refused, not silently ignored
+    for extra, needs in (
+        (["--deletion-steps", "2"], "--faithfulness"),
+        (["--ray-actors", "2"], "--ray-address"),
+    ):
+        at = args.index("--out")
+        lone = runner.invoke(app, [*args[:at], "--out", str(tmp_path / "lone"), *extra, *args[at + 2 :]])
+        assert lone.exit_code == 2 and needs in lone.output and not (tmp_path / "lone").exists()
 
 
 def test_a_ready_scorer_keeps_its_placement_under_device_options(tiny: Any, tmp_path: Path) -> None:
