@@ -602,6 +602,12 @@ class _CountingModel:
     def name(self) -> str:
         return self._inner.name
 
+    @property
+    def max_concurrency(self) -> int | None:
+        """The inner model's cap on concurrent calls (closed-loop methods send no more at once)."""
+        cap = getattr(self._inner, "max_concurrency", None)
+        return cap if isinstance(cap, int) else None
+
     async def generate(self, messages: list[Message], params: GenerationParams) -> Completion:
         try:
             return await self._inner.generate(messages, params)

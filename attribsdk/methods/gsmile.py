@@ -54,7 +54,7 @@ from pydantic import Field
 
 from .._strategy import ConfigModel
 from ..adapters.base import ClosedModel, Completion, GenerationParams, Message
-from ..errors import AdapterError, AttribError, ConfigError, TruncatedOutputError
+from ..errors import AdapterError, AttribError, ConfigError, ScoringError, TruncatedOutputError
 from ..explanation import Samples
 from ..prompt import Prompt
 from ..regression import WLS, normalize_attributions
@@ -69,9 +69,27 @@ __all__ = ["ClosedLoo", "ClosedLooConfig", "GSmile", "GSmileConfig", "regenerate
 EPS = 1e-8
 
 
+#: The configuration's name for the default word vectors (the surrogate's input embeddings).
+DEFAULT_WORD_VECTORS = "surrogate-input-embeddings"
+
+
+def _wv_spec(spec: Any) -> Any:
+    """``word_vectors`` as given, with the default's configuration name read back as ``None`` (so a
+    stored configuration builds the method again); any other text is refused here, before anything
+    is paid for."""
+    if spec == DEFAULT_WORD_VECTORS:
+        return None
+    if isinstance(spec, (str, bytes)):
+        raise ConfigError(
+            f"word_vectors {spec!r}: give None (the surrogate's input embeddings), a {{word: vector}} "
+            "mapping, a callable or a WordVectors"
+        )
+    return spec
+
+
 def _wv_label(spec: Any) -> str:
     if spec is None:
-        return "surrogate-input-embeddings"
+        return DEFAULT_WORD_VECTORS
     name = getattr(spec, "name", None)
     return str(name) if isinstance(name, str) else f"user-{type(spec).__name__}"
 
@@ -79,7 +97,7 @@ def _wv_label(spec: Any) -> str:
 class GSmileConfig(ConfigModel):
     """Full configuration of gSMILE (stored in every Explanation)."""
 
-    n_samples: int = Field(default=64, ge=1)
+    n_samples: int = Field(default=64, ge=2)
     p: float = Field(default=0.5, gt=0.0, lt=1.0)
     kernel_width: float = Field(default=0.25, gt=0.0)
     kernel_on: Literal["prompt", "output"] = "prompt"
@@ -235,6 +253,7 @@ class GSmile(_ClosedLoop):
         ridge: float = 0.0,
         word_vectors: Any = None,
     ) -> None:
+        word_vectors = _wv_spec(word_vectors)
         try:
             self.cfg = GSmileConfig(
                 n_samples=n_samples,
@@ -249,8 +268,16 @@ class GSmile(_ClosedLoop):
         except ValueError as exc:
             raise ConfigError(f"invalid gSMILE setting: {exc}") from None
         super().__init__(word_vectors, self.cfg.metric)
-        self.sampler = Uniform(p=self.cfg.p, n_samples=self.cfg.n_samples, reject_all_masked=True)
         self.solver = WLS(ridge=self.cfg.ridge)
+
+    def sampler(self, n_features: int) -> Uniform:
+        """The masks' sampler for ``n_features``: ``n_samples`` distinct masks, or every mask other
+        than the unmasked and the all-masked one when there are fewer (M <= 6 at the default 64).
+        A repeated unmasked row would be fitted at distance 0 (target 1, weight 1) and outweigh
+        every real perturbation."""
+        space = 1 if n_features == 1 else 2 ** min(n_features, 62) - 2
+        n = min(self.cfg.n_samples, space)
+        return Uniform(p=self.cfg.p, n_samples=n, reject_all_masked=True)
 
     def config(self) -> dict[str, Any]:
         return self.cfg.model_dump(mode="json")
@@ -261,17 +288,39 @@ class GSmile(_ClosedLoop):
 
     async def attribute(self, prompt: Prompt, answer: str, parts: MethodParts) -> MethodResult:
         closed = self._closed(parts)
-        cfg = self.cfg
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
         rng = np.random.default_rng(parts.seed)
-        masks = self.sampler.sample(prompt.n_features, rng)[1:]  # row 0 (unmasked) is not refit
+        masks = self.sampler(prompt.n_features).sample(prompt.n_features, rng)[1:]  # row 0 is not refit
         wmd = self._wmd(parts)
         timings["sampling"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         answers, requested = await regenerate(closed, prompt, masks, parts.params, answer)
+        try:
+            return await self._fit(prompt, answer, masks, answers, requested, wmd, timings, t0)
+        except Exception as exc:  # the answers were paid for: they travel with the error
+            kept = {"answers": answers, "masks": masks.astype(int).tolist()}
+            if isinstance(exc, AttribError):
+                for name, value in kept.items():
+                    exc.partial.setdefault(name, value)
+                raise
+            raise ScoringError(f"gSMILE's fit failed: {type(exc).__name__}: {exc}", partial=kept) from exc
+
+    async def _fit(
+        self,
+        prompt: Prompt,
+        answer: str,
+        masks: np.ndarray,
+        answers: list[str],
+        requested: int,
+        wmd: WMD,
+        timings: dict[str, float],
+        t0: float,
+    ) -> MethodResult:
+        """Distances, kernel and regression on the regenerated ``answers`` (one per row of ``masks``)."""
+        cfg = self.cfg
         d_out = np.asarray(await anyio.to_thread.run_sync(wmd.many, answer, answers), dtype=np.float64)
         timings["scoring"] = time.perf_counter() - t0
 
@@ -340,6 +389,7 @@ class ClosedLoo(_ClosedLoop):
     def __init__(
         self, *, metric: Literal["euclidean", "cosine"] = "euclidean", word_vectors: Any = None
     ) -> None:
+        word_vectors = _wv_spec(word_vectors)
         try:
             self.cfg = ClosedLooConfig(metric=metric, word_vectors=_wv_label(word_vectors))
         except ValueError as exc:

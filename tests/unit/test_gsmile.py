@@ -15,9 +15,9 @@ from attribsdk.adapters.base import Completion, GenerationParams, Message
 from attribsdk.adapters.stack import build_closed_model
 from attribsdk.adapters.wrappers import FunctionModel, TestModel
 from attribsdk.cost import Budget, Price, Pricing
-from attribsdk.errors import AdapterError, BudgetExceeded, TruncatedOutputError
+from attribsdk.errors import AdapterError, BudgetExceeded, InputError, TruncatedOutputError
 from attribsdk.methods import ClosedLoo, GSmile, MethodParts, make_method
-from attribsdk.methods.gsmile import _target
+from attribsdk.methods.gsmile import DEFAULT_WORD_VECTORS, _target
 from attribsdk.prompt import build_prompt
 from attribsdk.wmd import WMD, clean_words
 from attribsdk.wordvec import (
@@ -295,3 +295,63 @@ async def test_repeated_prompts_are_requested_once() -> None:
     assert res.extras["closed_requests"] == 2
     assert res.samples is not None and res.samples.answers is not None
     assert len(res.samples.answers) == 4 and res.samples.answers[0] == answer  # the unmasked row first
+
+
+async def test_few_features_get_every_distinct_mask_once_and_never_the_unmasked_one() -> None:
+    closed = FunctionModel(planted)
+    prompt = build_prompt("paris seine river", features="words")  # M = 3: 6 masks besides these two
+    answer = planted(list(prompt.render().messages), GenerationParams())
+    res = await GSmile(word_vectors=hashed_vector).attribute(
+        prompt, answer, MethodParts(closed=closed, seed=0)
+    )
+    assert res.samples is not None
+    rows = [tuple(r) for r in res.samples.masks[1:]]
+    assert len(rows) == len(set(rows)) == 6 and (1, 1, 1) not in rows and (0, 0, 0) not in rows
+    assert res.fit_rank == 3 and len(closed.calls) == 6
+    words = [f.text for f in prompt.features]
+    assert res.coefficients[words.index("paris")] > 0 and res.coefficients[words.index("seine")] > 0
+    assert {words[i] for i in np.argsort(-res.attributions)[:2]} == {"paris", "seine"}
+
+
+async def test_a_failed_fit_keeps_the_paid_answers() -> None:
+    # a kernel this narrow gives every perturbation weight 0: the fit fails after 64 paid answers
+    closed = FunctionModel(planted)
+    prompt = build_prompt(QUESTION, features="words")
+    with pytest.raises(InputError, match="weight") as info:
+        await GSmile(word_vectors=hashed_vector, kernel_width=1e-3).attribute(
+            prompt, "the river in paris is the seine", MethodParts(closed=closed)
+        )
+    assert len(info.value.partial["answers"]) == len(info.value.partial["masks"]) == len(closed.calls) == 64
+
+
+async def test_the_explainer_keeps_the_closed_models_concurrency_cap() -> None:
+    in_flight = peak = 0
+
+    async def counted(messages: list[Message], params: GenerationParams) -> str:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await anyio.sleep(0.01)
+        in_flight -= 1
+        return planted(messages, params)
+
+    stack = build_closed_model(FunctionModel(counted), max_concurrency=2, pricing=FREE)
+    async with Explainer(
+        closed=stack, surrogate=tiny_local_model(seed=5), method=GSmile(word_vectors=hashed_vector)
+    ) as ex:
+        await ex.explain(QUESTION, features="words")
+    assert peak == 2  # the method's gate follows the cap (it was 8 through the Explainer's wrapper)
+
+
+def test_gsmile_configuration_round_trips_and_refuses_unknown_word_vectors() -> None:
+    default = make_method("gsmile", n_samples=16)
+    again = make_method("gsmile", **default.config())
+    assert again.config() == default.config()
+    with pytest.raises(ConfigError, match="word_vectors 'glove'"):
+        GSmile(word_vectors="glove")
+    with pytest.raises(ConfigError):
+        GSmile(n_samples=1)  # one sample fits nothing
+    assert (
+        make_method("closed-loo", **make_method("closed-loo").config()).config()["word_vectors"]
+        == DEFAULT_WORD_VECTORS
+    )
