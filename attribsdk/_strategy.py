@@ -56,6 +56,20 @@ def check_options(factory: Callable[..., Any], options: Mapping[str, Any], what:
         )
 
 
+def call_with_options(
+    factory: Callable[..., Any], args: tuple[Any, ...], options: Mapping[str, Any], what: str
+) -> Any:
+    """``factory(*args, **options)`` after :func:`check_options`; a factory that takes ``**kwargs``
+    and passes an unknown one on (a ``TypeError`` about a keyword) is a :class:`ConfigError` too."""
+    check_options(factory, options, what)
+    try:
+        return factory(*args, **options)
+    except TypeError as exc:
+        if "keyword argument" not in str(exc):
+            raise
+        raise ConfigError(f"{what}: {exc}") from None
+
+
 class ConfigModel(BaseModel):
     """Base of shipped strategies and run configurations: frozen, unknown keys rejected, bad
     settings → :class:`~attribsdk.errors.ConfigError` naming the field."""

@@ -10,7 +10,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from .._strategy import check_options
+from .._strategy import call_with_options
 from ..errors import ConfigError
 from .base import ClosedModel
 
@@ -68,5 +68,5 @@ def resolve_closed_model(spec: str | ClosedModel, **options: Any) -> ClosedModel
         known = ", ".join(sorted(PROVIDERS))
         raise ConfigError(f"unknown model provider {provider!r} in {spec!r}; known providers: {known}")
     factory = _load_factory(ref)
-    check_options(factory, options, f"closed model {spec!r}")
-    return factory(model, **options)
+    model_: ClosedModel = call_with_options(factory, (model,), options, f"closed model {spec!r}")
+    return model_

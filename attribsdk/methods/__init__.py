@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from .._strategy import check_options
+from .._strategy import call_with_options
 from ..errors import ConfigError
 from .base import Method, MethodParts, MethodResult
 from .gsmile import ClosedLoo, GSmile
@@ -65,6 +65,5 @@ def make_method(spec: str | Method, **options: Any) -> Method:
     factory = METHODS.get(spec)
     if factory is None:
         raise ConfigError(f"unknown method {spec!r}; known methods: {', '.join(sorted(METHODS))}")
-    check_options(factory, options, f"method {spec!r}")
-    method: Method = factory(**options)
+    method: Method = call_with_options(factory, (), options, f"method {spec!r}")
     return method
