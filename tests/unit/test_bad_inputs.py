@@ -65,7 +65,7 @@ def test_good_settings_still_build() -> None:
 
 
 def test_unknown_options_of_factories_taking_keywords_are_config_errors() -> None:
-    with pytest.raises(ConfigError, match="method 'rope-lime-loo'.*'bogus'"):
+    with pytest.raises(ConfigError, match=r"method 'rope-lime-loo'.*'bogus'"):
         make_method("rope-lime-loo", bogus=1)
-    with pytest.raises(ConfigError, match="closed model 'local:x'.*'base_url'"):
+    with pytest.raises(ConfigError, match=r"closed model 'local:x'.*'base_url'"):
         resolve_closed_model("local:x", base_url="http://127.0.0.1:9/v1")
