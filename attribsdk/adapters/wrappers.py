@@ -12,7 +12,9 @@ used to decide whether a call may be made, never to report usage.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -68,9 +70,13 @@ def describe_request(model: ClosedModel, messages: list[Message], params: Genera
                 f"{model.name}: describe_request must return a dict, got {type(described).__name__}"
             )
         return described
+    return _generic_request(model.name, messages, params)
+
+
+def _generic_request(name: str, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
     return {
         "provider": "generic",
-        "model": model.name,
+        "model": name,
         "messages": [m.model_dump() for m in messages],
         "params": params.model_dump(mode="json", exclude={"sample_index"}),
     }
@@ -229,6 +235,21 @@ class FunctionModel:
         """The name given at construction."""
         return self._name
 
+    def describe_request(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
+        """The generic description plus which function answers (its qualified name and a hash of
+        its code), so that two doubles sharing the default name do not share cache entries.
+        Functions that differ only in the variables they capture look alike: name them apart."""
+        described = _generic_request(self._name, messages, params)
+        described["function"] = self._identity()
+        return described
+
+    def _identity(self) -> str:
+        fn = self.function
+        where = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+        code = getattr(fn, "__code__", None)
+        digest = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16] if code else ""
+        return f"{where}#{digest}"
+
     async def generate(self, messages: list[Message], params: GenerationParams) -> Completion:
         """Call the function and normalise its reply into a :class:`Completion`."""
         self.calls.append((list(messages), params))
@@ -284,3 +305,11 @@ class TestModel(FunctionModel):
 
         super().__init__(reply, name=name)
         self.answer = answer
+        self._reply = {
+            "answer": answer,
+            "finish_reason": finish_reason,
+            "usage": usage.model_dump() if usage is not None else None,
+        }
+
+    def _identity(self) -> str:
+        return json.dumps(self._reply, sort_keys=True)

@@ -223,3 +223,21 @@ def test_the_closed_model_layer_never_imports_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_test_doubles_sharing_the_default_name_do_not_share_cache_keys() -> None:
+    from attribsdk.cache import cache_key
+
+    messages, params = [Message(role="user", content="q")], GenerationParams()
+
+    def key(model: FunctionModel) -> str:
+        return cache_key(model, messages, params)
+
+    assert key(TestModel("A")) != key(TestModel("B")) and key(TestModel("A")) == key(TestModel("A"))
+    assert key(TestModel("A", finish_reason="length")) != key(TestModel("A"))
+    assert key(FunctionModel(lambda m, p: "A")) != key(FunctionModel(lambda m, p: "B"))
+
+    def same(m: list[Message], p: GenerationParams) -> str:
+        return "A"
+
+    assert key(FunctionModel(same)) == key(FunctionModel(same))
