@@ -14,8 +14,10 @@ called through their ``safe_wmdistance`` helper:
    vectors Euclidean = ``sqrt(2 · (1 − cosine))``, so both lie in ``[0, 2]``.
 6. The distance is the exact optimal-transport cost ``ot.emd2(a, b, C)``.
 
-One deviation: gensim returns ``inf`` when every ground cost is 0 (its old solver could hang);
-here that case is exactly distance 0, which is what the transport problem gives.
+Two deviations: gensim returns ``inf`` when every ground cost is 0 (its old solver could hang);
+here that case is exactly distance 0, which is what the transport problem gives. And two texts
+whose cleaned words are the same are at distance 0 even when none of their words has a vector
+(punctuation or numbers only): an answer that did not change is not a maximal change.
 """
 
 from __future__ import annotations
@@ -93,8 +95,12 @@ class WMD:
     def many(self, reference: str, others: Sequence[str]) -> list[float]:
         """Distances from ``reference`` to each of ``others`` (the reference is prepared once)."""
         ref = self._bag(reference)
+        ref_words = clean_words(reference)
         out: list[float] = []
         for text in others:
+            if clean_words(text) == ref_words:
+                out.append(0.0)  # the same words: no change, whatever the vectors know
+                continue
             bag = self._bag(text)
             if ref is None or bag is None:
                 out.append(self.empty)

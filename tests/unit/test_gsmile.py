@@ -84,7 +84,9 @@ def test_wmd_unknown_words_dropped_and_empty_side_is_one() -> None:
     wmd = WMD(KeyedWordVectors({"a": [1.0, 0.0], "b": [0.0, 1.0]}))
     assert wmd("a zzz", "a") == 0.0  # zzz has no vector: left out, as gensim does
     assert wmd("zzz", "a") == 1.0  # the authors' safe_wmdistance value
-    assert wmd("", "") == 1.0
+    assert wmd("zzz", "yyy") == 1.0 and wmd("", "a") == 1.0
+    # the same words are no change, even when none has a vector (numbers, punctuation)
+    assert wmd("", "") == 0.0 and wmd("42!", "42") == 0.0 and wmd("zzz", "ZZZ.") == 0.0
     assert WMD(KeyedWordVectors({"a": [1.0, 0.0]}), empty=float("inf"))("", "a") == float("inf")
 
 
