@@ -35,12 +35,17 @@ def register_provider(prefix: str, factory: str | Factory) -> None:
 
 
 def parse_model_string(spec: str) -> tuple[str, str]:
-    """Split ``"provider:model"``; a bare name means ``local``."""
+    """Split ``"provider:model"``; a bare name means ``local``. Surrounding whitespace is ignored
+    and a known provider may be written in any case (``" OpenAI:gpt-4o "``)."""
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError("a model string must be a non-empty string such as 'openai:gpt-4o-mini'")
+    spec = spec.strip()
     provider, sep, model = spec.partition(":")
     if not sep:
         return "local", spec
+    provider, model = provider.strip(), model.strip()
+    if provider.lower() in PROVIDERS:
+        provider = provider.lower()
     if not model:
         raise ConfigError(f"model string {spec!r} names no model after {provider!r}:")
     return provider, model

@@ -69,3 +69,15 @@ def test_unknown_options_of_factories_taking_keywords_are_config_errors() -> Non
         make_method("rope-lime-loo", bogus=1)
     with pytest.raises(ConfigError, match=r"closed model 'local:x'.*'base_url'"):
         resolve_closed_model("local:x", base_url="http://127.0.0.1:9/v1")
+
+
+def test_model_strings_ignore_whitespace_and_a_known_providers_case() -> None:
+    from attribsdk.adapters.registry import parse_model_string
+
+    assert parse_model_string(" OpenAI:gpt-4o ") == ("openai", "gpt-4o")
+    assert parse_model_string("anthropic: claude-haiku-4-5") == ("anthropic", "claude-haiku-4-5")
+    assert parse_model_string(" smollm2 ") == ("local", "smollm2")
+    with pytest.raises(ConfigError, match="names no model"):
+        parse_model_string("openai: ")
+    with pytest.raises(ConfigError, match="unknown model provider 'Nope'"):
+        resolve_closed_model("Nope:x")
