@@ -27,6 +27,7 @@ from attribsdk.adapters.wrappers import (
     worst_case_tokens,
 )
 from attribsdk.errors import AdapterError, ConfigError, RequestTimeoutError, TransportError
+from tests.concurrency import PeakConcurrency
 
 pytestmark = pytest.mark.anyio
 
@@ -65,21 +66,12 @@ async def test_token_bucket_paces_after_the_burst() -> None:
 
 
 async def test_limited_model_caps_concurrency() -> None:
-    in_flight = peak = 0
-
-    async def reply(messages: list[Message], params: GenerationParams) -> str:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await anyio.sleep(0.005)
-        in_flight -= 1
-        return "ok"
-
+    reply = PeakConcurrency(lambda messages, params: "ok", hold=0.005)
     model = LimitedModel(FunctionModel(reply), max_concurrency=3)
     async with anyio.create_task_group() as tg:
         for _ in range(20):
             tg.start_soon(model.generate, ask(), PARAMS)
-    assert peak == 3
+    assert reply.peak == 3
 
 
 async def test_rate_tokens_are_taken_only_with_a_slot() -> None:

@@ -26,6 +26,7 @@ from attribsdk.wordvec import (
     KeyedWordVectors,
     make_word_vectors,
 )
+from tests.concurrency import PeakConcurrency
 from tests.tiny_models import tiny_local_model
 
 pytestmark = pytest.mark.anyio
@@ -327,22 +328,13 @@ async def test_a_failed_fit_keeps_the_paid_answers() -> None:
 
 
 async def test_the_explainer_keeps_the_closed_models_concurrency_cap() -> None:
-    in_flight = peak = 0
-
-    async def counted(messages: list[Message], params: GenerationParams) -> str:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await anyio.sleep(0.01)
-        in_flight -= 1
-        return planted(messages, params)
-
+    counted = PeakConcurrency(planted, hold=0.01)
     stack = build_closed_model(FunctionModel(counted), max_concurrency=2, pricing=FREE)
     async with Explainer(
         closed=stack, surrogate=tiny_local_model(seed=5), method=GSmile(word_vectors=hashed_vector)
     ) as ex:
         await ex.explain(QUESTION, features="words")
-    assert peak == 2  # the method's gate follows the cap (it was 8 through the Explainer's wrapper)
+    assert counted.peak == 2  # the method's gate follows the cap (it was 8 through the Explainer's wrapper)
 
 
 def test_gsmile_configuration_round_trips_and_refuses_unknown_word_vectors() -> None:
