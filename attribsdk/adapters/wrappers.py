@@ -144,8 +144,9 @@ class TokenBucket:
             self._level = min(self.capacity, self._level + (now - self._stamp) * self.rate)
         self._stamp = now
 
-    async def acquire(self, amount: float = 1.0) -> None:
-        """Take ``amount`` tokens, waiting as needed; more than ``capacity`` waits for a full bucket."""
+    async def acquire(self, amount: float = 1.0) -> float:
+        """Take ``amount`` tokens, waiting as needed; more than ``capacity`` waits for a full bucket.
+        Returns the amount taken (at most ``capacity``)."""
         amount = min(float(amount), self.capacity)
         async with self._lock:
             self._refill()
@@ -153,6 +154,13 @@ class TokenBucket:
                 await self._sleep((amount - self._level) / self.rate)
                 self._refill()
             self._level -= amount
+        return amount
+
+    def refund(self, amount: float) -> None:
+        """Give back ``amount`` tokens taken in excess (the bucket never holds more than ``capacity``)."""
+        if amount > 0:
+            self._refill()
+            self._level = min(self.capacity, self._level + float(amount))
 
 
 class LimitedModel(ModelWrapper):
@@ -162,8 +170,10 @@ class LimitedModel(ModelWrapper):
         inner: the model to call.
         max_concurrency: at most this many calls in flight at once (``None``: no cap).
         rpm: at most this many calls per minute, sustained (bursts up to ``rpm``).
-        tpm: at most this many tokens per minute, counted with :func:`worst_case_tokens` before the
-            call (as providers count ``max_tokens`` against token limits).
+        tpm: at most this many tokens per minute. A call reserves :func:`worst_case_tokens` before
+            it is sent (``max_tokens`` counts, as providers count it against token limits); when the
+            answer reports its input tokens, what the byte-count estimate of the input reserved
+            beyond them is given back.
 
     Each call takes one request and its token estimate; retries inside an adapter are paced by
     its backoff and the server's ``retry-after`` instead.
@@ -198,9 +208,13 @@ class LimitedModel(ModelWrapper):
     async def _rate_limited(self, messages: list[Message], params: GenerationParams) -> Completion:
         if self._requests is not None:
             await self._requests.acquire(1)
-        if self._tokens is not None:
-            await self._tokens.acquire(worst_case_tokens(messages, params))
-        return await self.inner.generate(messages, params)
+        if self._tokens is None:
+            return await self.inner.generate(messages, params)
+        taken = await self._tokens.acquire(worst_case_tokens(messages, params))
+        completion = await self.inner.generate(messages, params)
+        if completion.usage.input_tokens > 0:
+            self._tokens.refund(taken - (completion.usage.input_tokens + params.max_tokens))
+        return completion
 
     def __repr__(self) -> str:
         rpm = self._requests.capacity if self._requests else None

@@ -16,7 +16,7 @@ from attribsdk.adapters._retry import (
     call_with_retries,
     parse_retry_after,
 )
-from attribsdk.adapters.base import Completion, GenerationParams, Message
+from attribsdk.adapters.base import Completion, GenerationParams, Message, Usage
 from attribsdk.adapters.wrappers import (
     FunctionModel,
     LimitedModel,
@@ -101,13 +101,20 @@ async def test_rate_tokens_are_taken_only_with_a_slot() -> None:
 
 async def test_limited_model_counts_requests_and_worst_case_tokens() -> None:
     time = FakeTime()
-    inner = TestModel()
+    inner = TestModel(usage=Usage())  # an answer without usage: the worst case stays counted
     tokens = worst_case_tokens(ask(), PARAMS)
     model = LimitedModel(inner, rpm=100, tpm=tokens * 2, clock=time.clock, sleep=time.sleep)
     for _ in range(3):
         await model.generate(ask(), PARAMS)
     assert len(inner.calls) == 3
     assert time.now == pytest.approx(30.0)  # the token budget (2 calls/min) is the binding limit
+    # With usage reported, the input's over-estimate is given back: the calls cost their real
+    # input plus max_tokens, and 3 calls fit in the same budget without waiting.
+    time, honest = FakeTime(), TestModel(usage=Usage(input_tokens=1, output_tokens=2))
+    model = LimitedModel(honest, tpm=tokens * 2, clock=time.clock, sleep=time.sleep)
+    for _ in range(3):
+        await model.generate(ask(), PARAMS)
+    assert time.now == 0.0 and 3 * (1 + PARAMS.max_tokens) <= tokens * 2
     with pytest.raises(ConfigError):
         LimitedModel(inner, max_concurrency=0)
     with pytest.raises(ConfigError):
