@@ -221,8 +221,9 @@ def _explained_text(prompt: Prompt, keep: Sequence[bool] | np.ndarray) -> str:
 
 
 class GSmile(_ClosedLoop):
-    """gSMILE: the closed model answers 64 random deletions of the input; WMD between answers is
-    the target, WLS on the keep-masks gives the attributions (see the module docstring).
+    """gSMILE: the closed model answers 64 distinct random deletions of the input (every one when
+    there are fewer); WMD between answers is the target, WLS on the keep-masks gives the
+    attributions (see the module docstring).
 
     Args:
         n_samples: perturbations (closed calls besides the explained answer's).
