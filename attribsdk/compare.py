@@ -271,14 +271,27 @@ async def acompare(
         rows=rows,
     )
     if write:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / JSON_FILE).write_text(json.dumps(json_safe(report.model_dump(mode="json")), indent=2) + "\n")
-        plot_report(report, out / PLOT_FILE)
-        from .views.html import compare_to_html
-
-        page = compare_to_html(report, plot_png=(out / PLOT_FILE).read_bytes())
-        (out / HTML_FILE).write_text(page, encoding="utf-8")
+        _write_outputs(report, out)
     return report
+
+
+def _write_outputs(report: CompareReport, out: Path) -> None:
+    """compare.json, compare.png and compare.html, each complete or not written: all three are
+    staged first, so a failure (in the plot, say) leaves a previous run's files as they were."""
+    from .views.html import compare_to_html
+
+    out.mkdir(parents=True, exist_ok=True)
+    staged = {name: out / f".partial-{name}" for name in (JSON_FILE, PLOT_FILE, HTML_FILE)}
+    try:
+        staged[JSON_FILE].write_text(json.dumps(json_safe(report.model_dump(mode="json")), indent=2) + "\n")
+        plot_report(report, staged[PLOT_FILE])
+        page = compare_to_html(report, plot_png=staged[PLOT_FILE].read_bytes())
+        staged[HTML_FILE].write_text(page, encoding="utf-8")
+        for name, path in staged.items():
+            os.replace(path, out / name)
+    finally:
+        for path in staged.values():
+            path.unlink(missing_ok=True)
 
 
 def _summarise(

@@ -317,7 +317,7 @@ def test_plot_attributions_into_given_axes(expl: Explanation) -> None:
 
 
 def test_cost_quality_and_metric_plots(tmp_path: Path) -> None:
-    from attribsdk.compare import CompareConfig, CompareReport, MethodSummary, plot_report
+    from attribsdk.compare import CompareConfig, CompareReport, MethodSummary, _write_outputs, plot_report
     from attribsdk.views.plots import plot_metric_vs_m
 
     def summary(name: str, calls: int, auroc: float) -> MethodSummary:
@@ -339,6 +339,15 @@ def test_cost_quality_and_metric_plots(tmp_path: Path) -> None:
     )
     plot_report(report, tmp_path / "compare.png")
     _png(tmp_path / "compare.png")
+    # the three outputs are written together or not at all: a failing plot keeps the last run's
+    out = tmp_path / "out"
+    _write_outputs(report, out)
+    assert sorted(p.name for p in out.iterdir()) == ["compare.html", "compare.json", "compare.png"]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    broken = report.model_copy(update={"methods": [*report.methods, "not a summary"]})
+    with pytest.raises(AttributeError):
+        _write_outputs(broken, out)  # type: ignore[arg-type]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no partial files either
     from attribsdk.views.html import compare_to_html
 
     page = compare_to_html(report, plot_png=(tmp_path / "compare.png").read_bytes())
