@@ -47,7 +47,11 @@ def explain(
     ] = None,
     context_file: Annotated[
         list[Path] | None,
-        typer.Option("--context-file", "-f", help="Read a context document from a file (repeatable)."),
+        typer.Option(
+            "--context-file",
+            "-f",
+            help="Read a context document from a file (repeatable; numbered after the -c documents).",
+        ),
     ] = None,
     features: Annotated[str, typer.Option(help="words | sentences | paragraphs | documents")] = "sentences",
     method: Annotated[
@@ -78,6 +82,8 @@ def explain(
     """Explain one answer."""
 
     def run() -> None:
+        if as_json and top is not None:
+            _fail("--top shortens the table; --json prints the whole Explanation")
         q = sys.stdin.read() if question == "-" else question
         docs: list[str] = list(context or [])
         for p in context_file or []:

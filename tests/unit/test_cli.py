@@ -44,6 +44,8 @@ def test_option_and_file_errors(tmp_path: Path) -> None:
     result = runner.invoke(app, ["explain", "Q?", "-c", "Some text.", "--top", "0"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "Invalid value for '--top'" in result.stderr  # refused by the option, no model loaded
+    result = runner.invoke(app, ["explain", "Q?", "-c", "Some text.", "--top", "2", "--json"])
+    assert result.exit_code == 2 and "--json prints the whole Explanation" in result.stderr
 
 
 def test_help_lists_commands() -> None:
