@@ -260,16 +260,23 @@ class Explainer:
         if self._closed_flag:
             return
         self._closed_flag = True
-        if self._closed is not None:
-            await self._closed.aclose()
-        if self._ray is not None:
-            pool, self._ray = self._ray, None
-            await anyio.to_thread.run_sync(pool.close)
-        if self._owns_store and self._store is not None:
-            store = self._store
-            await anyio.to_thread.run_sync(store.close)
-        self._closed = None
-        self._scorer = None
+        # Shielded, and each release runs even if an earlier one fails: a cancelled or failing
+        # close must not leave Ray actors (and a cluster this process started) running.
+        with anyio.CancelScope(shield=True):
+            try:
+                if self._closed is not None:
+                    await self._closed.aclose()
+            finally:
+                try:
+                    if self._ray is not None:
+                        pool, self._ray = self._ray, None
+                        await anyio.to_thread.run_sync(pool.close)
+                finally:
+                    if self._owns_store and self._store is not None:
+                        store = self._store
+                        await anyio.to_thread.run_sync(store.close)
+                    self._closed = None
+                    self._scorer = None
 
     async def __aenter__(self) -> Explainer:
         return self

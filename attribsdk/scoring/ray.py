@@ -192,7 +192,8 @@ class RayScorer:
         num_actors: pool size (default: as many as the cluster's CPUs -- or GPUs, with
             ``num_gpus_per_actor`` -- allow, at least 1).
         num_cpus_per_actor, num_gpus_per_actor: Ray resources each actor holds (a GPU actor sees
-            only its own GPU, so ``device="auto"`` picks it).
+            only its own GPU, so ``device="auto"`` picks it; with no GPU per actor ``"auto"`` is
+            the CPU, since Ray would show every GPU of the node to each actor).
         device, dtype: as for :func:`~attribsdk.scoring.models.load_model`, inside each actor.
         threads: torch CPU threads per actor (default: ``num_cpus_per_actor``, at least 1).
         max_restarts: times Ray restarts a dead actor (``-1``: always).
@@ -234,6 +235,10 @@ class RayScorer:
         if num_actors is not None and num_actors < 1:
             raise ConfigError(f"num_actors must be ≥ 1, got {num_actors}")
         spec = _shippable(surrogate, ray)
+        if device == "auto" and not num_gpus_per_actor:
+            # Ray hides GPUs only from actors that ask for some: "auto" would put every CPU actor
+            # on GPU 0 of a GPU node.
+            device = "cpu"
         self._ray = ray
         self._lock = threading.Lock()
         self._closed = False
@@ -295,6 +300,16 @@ class RayScorer:
     def name(self) -> str:
         """The surrogate's name, as the actors loaded it."""
         return self._name
+
+    @property
+    def device(self) -> str:
+        """Where the actors run the surrogate (their devices joined by ``"+"`` if they differ)."""
+        return "+".join(sorted({a.device for a in self.actors}))
+
+    @property
+    def dtype(self) -> str:
+        """The actors' weight dtype (joined by ``"+"`` if they differ)."""
+        return "+".join(sorted({a.dtype for a in self.actors}))
 
     @property
     def num_actors(self) -> int:

@@ -163,17 +163,22 @@ async def test_explain_many_on_ray_equals_local(
     cluster: None, model_dir: Path, local_results: list[Explanation]
 ) -> None:
     closed = TestModel("Paris is the capital.")
-    async with Explainer(closed=closed, surrogate=str(model_dir), device="cpu", cache=False) as ex:
-        results = await ex.explain_many(_examples(answer=False), concurrency=6, engine="ray", ray_actors=2)
-        pool = ex._ray
-        assert pool is not None and pool.num_actors == 2
-        assert pool.stats.finished == 6 and pool.stats.restarts == 0
-        # the closed model was called here, in the driver, once per example
-        assert len(closed.calls) == 6 and ex.cost_report().closed_calls == 6
-        again = await ex.explain_many(_examples()[:2], engine="ray")  # the pool is kept
-        assert ex._ray is pool and pool.stats.finished == 8
-        assert all(isinstance(r, Explanation) for r in again)
-    assert ex._ray is None  # aclose stopped the actors
+    with anyio.CancelScope() as scope:
+        async with Explainer(closed=closed, surrogate=str(model_dir), device="cpu", cache=False) as ex:
+            results = await ex.explain_many(
+                _examples(answer=False), concurrency=6, engine="ray", ray_actors=2
+            )
+            pool = ex._ray
+            assert pool is not None and pool.num_actors == 2
+            assert (pool.device, pool.dtype) == ("cpu", "float32")  # as bench rows record it
+            assert pool.stats.finished == 6 and pool.stats.restarts == 0
+            # the closed model was called here, in the driver, once per example
+            assert len(closed.calls) == 6 and ex.cost_report().closed_calls == 6
+            again = await ex.explain_many(_examples()[:2], engine="ray")  # the pool is kept
+            assert ex._ray is pool and pool.stats.finished == 8
+            assert all(isinstance(r, Explanation) for r in again)
+            scope.cancel()  # the block is left cancelled: closing must still stop the actors
+    assert ex._ray is None and pool._closed  # aclose stopped the actors
     assert len(results) == 6
     for got, want in zip(results, local_results, strict=True):
         assert isinstance(got, Explanation)
@@ -252,6 +257,10 @@ async def test_cancelled_bench_resumes_without_paying_twice(
             examples=examples, report=False, resume=True,
         )  # fmt: skip
     assert len(result.rows) == 6 and not result.errors and result.skipped == rows_before
+    # rows scored by the pool record its actors' device and dtype (the resume check compares them)
+    assert {(r["runtime"]["device"], r["runtime"]["dtype"]) for r in result.rows[rows_before:]} == {
+        ("cpu", "float32")
+    }
     # every example's closed answer was paid for exactly once over both runs
     assert len(first.calls) + len(second.calls) == 6
     assert len(second.calls) < 6
