@@ -178,7 +178,7 @@ async def test_explain_many_on_ray_equals_local(
             assert ex._ray is pool and pool.stats.finished == 8
             assert all(isinstance(r, Explanation) for r in again)
             scope.cancel()  # the block is left cancelled: closing must still stop the actors
-    assert ex._ray is None and pool._closed  # aclose stopped the actors
+    assert ex._ray is None and pool is not None and pool._closed  # aclose stopped the actors
     assert len(results) == 6
     for got, want in zip(results, local_results, strict=True):
         assert isinstance(got, Explanation)
