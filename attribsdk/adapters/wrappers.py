@@ -12,10 +12,12 @@ used to decide whether a call may be made, never to report usage.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
 import math
+import types
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -258,11 +260,7 @@ class FunctionModel:
         return described
 
     def _identity(self) -> str:
-        fn = self.function
-        where = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
-        code = getattr(fn, "__code__", None)
-        digest = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16] if code else ""
-        return f"{where}#{digest}"
+        return _function_identity(self.function)
 
     async def generate(self, messages: list[Message], params: GenerationParams) -> Completion:
         """Call the function and normalise its reply into a :class:`Completion`."""
@@ -288,6 +286,26 @@ class FunctionModel:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self._name!r}, calls={len(self.calls)})"
+
+
+def _function_identity(fn: Any) -> str:
+    """A stable name for a function across processes: its qualified name and a hash of its code
+    (nested code objects by their own hash, not their address); a ``functools.partial`` by its
+    function and arguments."""
+    if isinstance(fn, functools.partial):
+        return f"partial({_function_identity(fn.func)}, {fn.args!r}, {sorted(fn.keywords.items())!r})"
+    where = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+    code = getattr(fn, "__code__", None)
+    return f"{where}#{_code_digest(code)[:16]}" if code is not None else where
+
+
+def _code_digest(code: types.CodeType) -> str:
+    parts = [code.co_code]
+    for const in code.co_consts:
+        parts.append(
+            _code_digest(const).encode() if isinstance(const, types.CodeType) else repr(const).encode()
+        )
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()
 
 
 class TestModel(FunctionModel):

@@ -19,7 +19,15 @@ import anyio
 from ..adapters.base import ClosedModel, Completion, GenerationParams, Message
 from ..adapters.wrappers import ModelWrapper, describe_request
 from ..cost import CallLedger
-from ..errors import AdapterError, AttribError, BudgetExceeded, ConfigError, InputError, TruncatedOutputError
+from ..errors import (
+    AdapterError,
+    AttribError,
+    BudgetExceeded,
+    CacheUnavailableError,
+    ConfigError,
+    InputError,
+    TruncatedOutputError,
+)
 from .backend import CacheBackend
 from .keys import request_key
 from .store import CacheEntry
@@ -125,7 +133,7 @@ class CachedModel(ModelWrapper):
                 answered = error.partial.get("completion")
                 if isinstance(answered, Completion):
                     return self._hit(answered)  # stored by the leader: served (or refused) as a hit
-            if isinstance(error, _CALLERS_OWN):
+            if isinstance(error, _CALLERS_OWN) and not isinstance(error, CacheUnavailableError):
                 continue  # the leader's budget or settings refused it, not the request: ask ourselves
             if error is not None:
                 raise _own_copy(error)

@@ -305,8 +305,12 @@ class DiskCache(ThreadedCacheAPI):
         db = self.directory / "cache.db"
         if db.exists():
             with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
-                settings = dict(con.execute("SELECT key, value FROM Settings").fetchall())
-            if any(settings.get(k) != v for k, v in _OWN_SETTINGS.items()):
+                try:
+                    settings = dict(con.execute("SELECT key, value FROM Settings").fetchall())
+                except sqlite3.OperationalError:  # another process is creating it right now
+                    settings = {}
+            # Refused only on settings that differ; missing ones mean the database is being created.
+            if any(k in settings and settings[k] != v for k, v in _OWN_SETTINGS.items()):
                 raise CacheUnavailableError(
                     f"{self.directory} holds a cache that is not attribsdk's (no {MARKER}; "
                     f"eviction_policy {settings.get('eviction_policy')!r}); pass another cache directory"

@@ -293,7 +293,12 @@ class GSmile(_ClosedLoop):
 
         t0 = time.perf_counter()
         rng = np.random.default_rng(parts.seed)
-        masks = self.sampler(prompt.n_features).sample(prompt.n_features, rng)[1:]  # row 0 is not refit
+        m = prompt.n_features
+        masks = self.sampler(m).sample(m, rng)[1:]  # row 0 is not refit
+        if len(masks) < m + 1:
+            # M <= 2: every mask is too few rows to identify M effects and an intercept; the
+            # unmasked row (its answer is the explained one: no call) is added once.
+            masks = np.vstack([masks, np.ones((1, m), dtype=masks.dtype)])
         wmd = self._wmd(parts)
         timings["sampling"] = time.perf_counter() - t0
 

@@ -576,3 +576,11 @@ def test_another_programs_diskcache_is_refused_and_left_as_it_was(tmp_path: Path
     with ResponseCache(earlier) as again:
         assert [e.completion.text for e in again.iter_entries()] == ["kept"]
     assert json.loads((earlier / MARKER).read_text())["format"] == "attribsdk-cache"
+
+
+def test_a_cache_being_created_by_another_process_is_not_refused(tmp_path: Path) -> None:
+    # the other process has created cache.db but not yet written diskcache's settings
+    sqlite3.connect(tmp_path / "cache.db").close()
+    with ResponseCache(tmp_path) as cache:
+        assert cache.stats().entries == 0
+    assert (tmp_path / MARKER).exists()

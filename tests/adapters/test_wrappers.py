@@ -240,3 +240,21 @@ def test_test_doubles_sharing_the_default_name_do_not_share_cache_keys() -> None
         return "A"
 
     assert key(FunctionModel(same)) == key(FunctionModel(same))
+
+
+def test_function_identity_is_stable_and_tells_partials_apart() -> None:
+    import functools
+
+    from attribsdk.adapters.wrappers import _function_identity
+
+    def with_comprehension(m: list[Message], p: GenerationParams) -> str:
+        return " ".join([x.content for x in m])
+
+    identity = _function_identity(with_comprehension)
+    assert " at 0x" not in identity and identity == _function_identity(with_comprehension)
+
+    def reply(m: list[Message], p: GenerationParams, text: str) -> str:
+        return text
+
+    a, b = functools.partial(reply, text="A"), functools.partial(reply, text="B")
+    assert _function_identity(a) != _function_identity(b)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from typing import Any
 
 import anyio
@@ -19,6 +20,7 @@ from attribsdk.errors import AdapterError, BudgetExceeded, InputError, Truncated
 from attribsdk.methods import ClosedLoo, GSmile, MethodParts, make_method
 from attribsdk.methods.gsmile import DEFAULT_WORD_VECTORS, _target
 from attribsdk.prompt import build_prompt
+from attribsdk.regression import UnderdeterminedFitWarning
 from attribsdk.wmd import WMD, clean_words
 from attribsdk.wordvec import (
     CallableWordVectors,
@@ -349,3 +351,14 @@ def test_gsmile_configuration_round_trips_and_refuses_unknown_word_vectors() -> 
         make_method("closed-loo", **make_method("closed-loo").config()).config()["word_vectors"]
         == DEFAULT_WORD_VECTORS
     )
+
+
+async def test_two_features_are_identified() -> None:
+    closed = FunctionModel(planted)
+    prompt = build_prompt("paris seine", features="words")
+    answer = planted(list(prompt.render().messages), GenerationParams())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnderdeterminedFitWarning)
+        res = await GSmile(word_vectors=hashed_vector).attribute(prompt, answer, MethodParts(closed=closed))
+    assert res.fit_rank == 2 and len(closed.calls) == 2  # the unmasked row costs no call
+    assert res.coefficients[0] > 0 and res.coefficients[1] > 0
