@@ -176,19 +176,24 @@ class WLS(_SolverBase):
         # every sample centres to ~1e-16 rather than 0, and lstsq's own (smaller) cutoff would
         # divide by it and hand that feature a large coefficient.
         cutoff = np.finfo(np.float64).eps * max(a.shape)
-        rank = int(np.linalg.matrix_rank(a))
         if self.ridge > 0:
+            rank = int(np.linalg.matrix_rank(a))  # the data's own: the penalty rows make it M
             a = np.vstack([a, math.sqrt(self.ridge) * np.eye(m)])
             b = np.concatenate([b, np.zeros(m)])
-        elif rank < m and not _QUIET.get():
-            warnings.warn(
-                f"{len(yv)} weighted samples identify {rank} of {m} feature effects: the attributions "
-                "are the minimum-norm fit, one of many that fit equally well (draw more samples, "
-                "or set a ridge penalty)",
-                UnderdeterminedFitWarning,
-                stacklevel=2,
-            )
-        coef = np.asarray(scipy.linalg.lstsq(a, b, cond=cutoff, check_finite=False)[0], dtype=np.float64)
+            solution = scipy.linalg.lstsq(a, b, cond=cutoff, check_finite=False)[0]
+        else:
+            # lstsq's rank counts singular values above the same cutoff as matrix_rank's default
+            solution, _, rank, _ = scipy.linalg.lstsq(a, b, cond=cutoff, check_finite=False)
+            if rank < m and not _QUIET.get():
+                warnings.warn(
+                    f"{len(yv)} weighted samples identify {rank} of {m} feature effects: the "
+                    "attributions are the minimum-norm fit, one of many that fit equally well (draw "
+                    "more samples, or set a ridge penalty)",
+                    UnderdeterminedFitWarning,
+                    stacklevel=2,
+                )
+        coef = np.asarray(solution, dtype=np.float64)
+        rank = int(rank)
         intercept = y_mean - float(z_mean @ coef)
         residual = yv - z @ coef - intercept
         ss_res = float(wv @ residual**2)
