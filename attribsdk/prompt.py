@@ -183,9 +183,9 @@ def _keep_flags(keep: Sequence[bool] | Sequence[int] | np.ndarray) -> tuple[bool
     if isinstance(keep, np.ndarray):
         if keep.ndim != 1:
             raise InputError(f"a mask must be 1-D, got shape {keep.shape}")
-        if keep.dtype == np.bool_:
-            return tuple(bool(k) for k in keep)
-        if not np.issubdtype(keep.dtype, np.number) or not np.isin(keep, (0, 1)).all():
+        if keep.dtype != np.bool_ and (
+            not np.issubdtype(keep.dtype, np.number) or not np.isin(keep, (0, 1)).all()
+        ):
             raise InputError("mask entries must be booleans or 0/1")
         return tuple(bool(k) for k in keep)
     if isinstance(keep, (str, bytes)):

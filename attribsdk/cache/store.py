@@ -381,19 +381,20 @@ class DiskCache(ThreadedCacheAPI):
         acquired = False
         waited = 0.0
         delay = self.lock_poll
-        while True:
-            try:
-                acquired = await anyio.to_thread.run_sync(_try_acquire, lock, lock_dir)
-            except OSError as exc:
-                raise CacheUnavailableError(
-                    f"the cache directory {self.directory} cannot hold its lock files "
-                    f"({type(exc).__name__}: {exc}); pass another cache directory or cache=False"
-                ) from exc
-            if acquired or (self.lock_timeout is not None and waited >= self.lock_timeout):
-                break
-            await anyio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 0.25)
+        try:
+            await anyio.to_thread.run_sync(lambda: lock_dir.mkdir(parents=True, exist_ok=True))
+            while True:
+                acquired = await anyio.to_thread.run_sync(_try_acquire, lock)
+                if acquired or (self.lock_timeout is not None and waited >= self.lock_timeout):
+                    break
+                await anyio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 0.25)
+        except OSError as exc:
+            raise CacheUnavailableError(
+                f"the cache directory {self.directory} cannot hold its lock files "
+                f"({type(exc).__name__}: {exc}); pass another cache directory or cache=False"
+            ) from exc
         if not acquired:
             logger.warning(
                 "cache %s: lock for %s… not released after %.0f s; going ahead",
@@ -413,8 +414,7 @@ class DiskCache(ThreadedCacheAPI):
 ResponseCache = DiskCache
 
 
-def _try_acquire(lock: filelock.FileLock, lock_dir: Path) -> bool:
-    lock_dir.mkdir(parents=True, exist_ok=True)
+def _try_acquire(lock: filelock.FileLock) -> bool:
     try:
         lock.acquire(blocking=False)
     except filelock.Timeout:
