@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ._sync import run_sync
 from .adapters.base import ClosedModel, Message
-from .errors import AttribError, ConfigError, InputError, ScoringError
+from .errors import AttribError, ConfigError, InputError, raise_keeping
 from .explainer import DEFAULT_SURROGATE, Explainer
 from .explanation import Explanation
 from .features import Feature, parts_from_spans, segment_text
@@ -520,15 +520,8 @@ class Citer:
         t_explain = time.perf_counter() - t_start
         try:
             return self._citations(expl, srcs, query, t_start, t_explain)
-        except AttribError as exc:  # the explanation (and any answer paid for) is kept
-            exc.partial.setdefault("explanation", expl)
-            exc.partial.setdefault("cost", expl.cost)
-            raise
-        except Exception as exc:
-            raise ScoringError(
-                f"citing from the explanation failed: {type(exc).__name__}: {exc}",
-                partial={"explanation": expl, "cost": expl.cost},
-            ) from exc
+        except Exception as exc:  # the explanation (and any answer paid for) is kept
+            raise_keeping(exc, "citing from the explanation failed", explanation=expl, cost=expl.cost)
 
     def _citations(
         self, expl: Explanation, srcs: list[Source], query: str | None, t_start: float, t_explain: float

@@ -10,7 +10,7 @@ errors must reach the caller with their own type, also from model constructors.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = [
     "APIStatusError",
@@ -210,3 +210,16 @@ def callback_failed(
     )
     error.__cause__ = first
     return error
+
+
+def raise_keeping(exc: BaseException, what: str, **kept: Any) -> NoReturn:
+    """Raise ``exc`` (being handled) so that what was already computed or paid for (``kept``) is not
+    lost: an :class:`AttribError` itself, with ``kept`` added to its ``partial`` (entries it already
+    has win), any other exception as a :class:`ScoringError` caused by it and carrying ``kept``
+    (message ``"<what>: <type>: <exc>"``, or ``"<type>: <exc>"`` when ``what`` is empty)."""
+    if isinstance(exc, AttribError):
+        for name, value in kept.items():
+            exc.partial.setdefault(name, value)
+        raise exc
+    detail = f"{type(exc).__name__}: {exc}"
+    raise ScoringError(f"{what}: {detail}" if what else detail, partial=kept) from exc

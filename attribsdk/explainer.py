@@ -23,7 +23,15 @@ from .adapters.registry import parse_model_string
 from .adapters.stack import HTTP_PROVIDERS, ClosedModelStack, build_closed_model
 from .cache import CacheBackend
 from .cost import Budget, CallLedger, CostReport, Pricing
-from .errors import AdapterError, AttribError, ConfigError, InputError, ScoringError, callback_failed
+from .errors import (
+    AdapterError,
+    AttribError,
+    ConfigError,
+    InputError,
+    ScoringError,
+    callback_failed,
+    raise_keeping,
+)
 from .explanation import Counts, Explanation, Timings
 from .features import Span
 from .methods import Method, MethodParts, make_method
@@ -420,14 +428,8 @@ class Explainer:
                 progress=None if needs_closed else bar,
             )
             result = await meth.attribute(prompt, completion.text, parts)
-        except AttribError as exc:
-            exc.partial.setdefault("completion", completion)
-            exc.partial.setdefault("cost", tracked.report())
-            raise
         except Exception as exc:  # keep what was paid for: the answer travels with the error
-            raise ScoringError(
-                f"{type(exc).__name__}: {exc}", partial={"completion": completion, "cost": tracked.report()}
-            ) from exc
+            raise_keeping(exc, "", completion=completion, cost=tracked.report())
         finally:
             bar(0, close=True)
 

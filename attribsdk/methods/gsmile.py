@@ -54,7 +54,7 @@ from pydantic import Field
 
 from .._strategy import ConfigModel
 from ..adapters.base import ClosedModel, Completion, GenerationParams, Message
-from ..errors import AdapterError, AttribError, ConfigError, ScoringError, TruncatedOutputError
+from ..errors import AdapterError, AttribError, ConfigError, TruncatedOutputError, raise_keeping
 from ..explanation import Samples
 from ..prompt import Prompt
 from ..regression import WLS, normalize_attributions
@@ -308,11 +308,7 @@ class GSmile(_ClosedLoop):
             return await self._fit(prompt, answer, masks, answers, requested, wmd, timings, t0)
         except Exception as exc:  # the answers were paid for: they travel with the error
             kept = {"answers": answers, "masks": masks.astype(int).tolist()}
-            if isinstance(exc, AttribError):
-                for name, value in kept.items():
-                    exc.partial.setdefault(name, value)
-                raise
-            raise ScoringError(f"gSMILE's fit failed: {type(exc).__name__}: {exc}", partial=kept) from exc
+            raise_keeping(exc, "gSMILE's fit failed", **kept)
 
     async def _fit(
         self,
