@@ -462,6 +462,35 @@ def _check_resume(
         )
 
 
+def _check_examples(
+    out: Path,
+    selected: Sequence[LabeledExample],
+    existing: Sequence[Mapping[str, Any]],
+    answers: Sequence[Mapping[str, Any]],
+) -> None:
+    """Refuse to resume when the dataset now gives an example other prompt parts or gold labels
+    than its stored rows and answers were computed from (:attr:`LabeledExample.fingerprint`; a
+    changed loader, template or data file). Records written before fingerprints were kept carry
+    none and are not compared."""
+    now = {ex.id: ex.fingerprint for ex in selected}
+    changed = sorted(
+        {
+            str(r["id"])
+            for r in (*existing, *answers)
+            if r.get("example_sha") is not None
+            and str(r.get("id")) in now
+            and r["example_sha"] != now[str(r["id"])]
+        }
+    )
+    if changed:
+        shown = ", ".join(repr(i) for i in changed[:3]) + (", …" if len(changed) > 3 else "")
+        raise ConfigError(
+            f"{out} holds results for {len(changed)} example(s) ({shown}) whose prompt or gold labels "
+            "differ from what the dataset gives now (the loader, template or data changed since); "
+            "resume with the version that computed them, or pick a new directory"
+        )
+
+
 #: What a row records of the surrogate that computed it. ``device="auto"``/``dtype="auto"``
 #: resolve per machine (float32 on a CPU, bfloat16 on a GPU), so a directory resumed elsewhere would
 #: otherwise mix rows of different precision in one table.
@@ -538,8 +567,9 @@ async def arun_benchmark(
     ``config.surrogates``); ``examples`` replaces loading ``config.dataset`` (selection still
     applies). An existing ``rows.jsonl`` requires ``resume=True``, and is resumed only under the
     settings its rows were computed with (:data:`RESULT_SETTINGS`, the closed model, each label's
-    method configuration, each surrogate's :data:`RUNTIME_FIELDS` as loaded; methods, seeds and
-    surrogates may be added); stored answers alone hold the settings too. A failure of one example or
+    method configuration, each surrogate's :data:`RUNTIME_FIELDS` as loaded, each example's
+    :attr:`~attribsdk.eval.datasets.LabeledExample.fingerprint`; methods, seeds and surrogates may
+    be added); stored answers alone hold the settings too. A failure of one example or
     row is recorded in ``errors.jsonl`` and the run goes on. ``progress`` shows a rich
     progress bar on stderr (``None``: when stderr is a terminal). ``report`` renders the report at
     the end (with ``reference`` points). ``on_row`` is called with each new row; if it raises,
@@ -583,6 +613,7 @@ async def arun_benchmark(
     ]
     existing = _read_jsonl(rows_path)
     _check_resume(out, config, closed_name, hashes, existing)
+    _check_examples(out, selected, existing, _read_jsonl(out / ANSWERS_FILE))
     done = {str(r.get("key")) for r in existing}
     pending = {
         ex.id: [u for u in units if row_key(ex.id, u.method_hash, u.seed, u.surrogate) not in done]
@@ -765,6 +796,7 @@ async def _answer(
         out / ANSWERS_FILE,
         {
             "id": ex.id,
+            "example_sha": ex.fingerprint,
             "closed": closed_name,
             "answer": text,
             "model": completion.model,
@@ -810,6 +842,7 @@ async def _explain_row(
     return {
         "key": row_key(ex.id, unit.method_hash, unit.seed, unit.surrogate),
         "id": ex.id,
+        "example_sha": ex.fingerprint,
         "dataset": ex.dataset,
         "split": split_of(ex.id),
         "bucket": ex.bucket,

@@ -92,6 +92,18 @@ class LabeledExample(BaseModel):
     def bucket(self) -> str:
         return bucket_of(self.n_features)
 
+    @property
+    def fingerprint(self) -> str:
+        """A hash of what an explanation of this example depends on (the prompt's parts, template,
+        fixed fields and system message, and the gold indices): it changes when a loader or the
+        data renders the example differently, so results computed before are not mixed in."""
+        payload = json.dumps(
+            {"prompt": self.prompt.model_dump(mode="json"), "gold": list(self.gold)},
+            sort_keys=True,
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
 
 def data_dir() -> Path:
     """Folder holding the shared evaluation data."""
@@ -162,16 +174,15 @@ def load_hotpotqa(
         gold: list[int] = []
         idx = 0
         for title, sentences in paragraphs:
-            parts: list[Part] = [Part(text=f"{title}: ", feature=False)]
+            # The space after the title is a separator part like those between sentences, so a
+            # deleted first sentence leaves "Title: Second…", not "Title:  Second…".
+            parts: list[Part] = [Part(text=f"{title}:", feature=False)]
             for j, sent in enumerate(sentences):
                 stripped = sent.strip()
-                lead = sent[: len(sent) - len(sent.lstrip())]
-                if j > 0 and not lead:
-                    lead = " "
                 if not stripped:
                     continue
-                if lead and j > 0:
-                    parts.append(Part(text=lead, feature=False))
+                lead = sent[: len(sent) - len(sent.lstrip())] if len(parts) > 1 else ""
+                parts.append(Part(text=lead or " ", feature=False))
                 parts.append(Part(text=stripped, feature=True))
                 if (title, j) in facts:
                     gold.append(idx)

@@ -283,6 +283,39 @@ def test_resume_refuses_rows_of_another_surrogate_load_and_answers_of_other_sett
     assert len(closed.calls) == 2
 
 
+def test_resume_refuses_examples_the_dataset_now_gives_differently(tiny: Any, tmp_path: Path) -> None:
+    examples = list(load_hotpotqa(HOTPOT))[:2]
+    closed = TestModel("Paris is the capital.")
+    out = tmp_path / "run"
+    loo = _config(methods=(parse_method_specs(["rope-lime-loo"])[0],))
+    options: dict[str, Any] = {"closed": closed, "surrogates": {"tiny": tiny}, "report": False}
+    run_benchmark(loo, out, examples=examples, **options)
+    rows = load_rows(out)
+    assert [r["example_sha"] for r in rows] == [e.fingerprint for e in examples]
+    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert [a["example_sha"] for a in answers] == [e.fingerprint for e in examples]
+
+    # the loader now renders the second example differently (another template): resuming would
+    # pair rows of the old prompt with rows of the new one, so it is refused before any call
+    changed = examples[1].prompt.model_copy(update={"template": examples[1].prompt.template + "\n"})
+    edited = [examples[0], examples[1].model_copy(update={"prompt": changed})]
+    with pytest.raises(ConfigError, match=f"1 example\\(s\\) \\('{examples[1].id}'\\)"):
+        run_benchmark(_config(), out, examples=edited, resume=True, **options)
+    assert len(load_rows(out)) == 2 and len(closed.calls) == 2
+
+    # the stored answers alone still know which prompt they answered
+    (out / "rows.jsonl").unlink()
+    with pytest.raises(ConfigError, match="prompt or gold labels differ"):
+        run_benchmark(loo, out, examples=edited, **options)
+    assert len(closed.calls) == 2
+
+    # records written before fingerprints were kept carry none and are not compared
+    legacy = [{k: v for k, v in a.items() if k != "example_sha"} for a in answers]
+    (out / "answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in legacy))
+    again = run_benchmark(loo, out, examples=edited, **options)
+    assert again.computed == 2 and len(closed.calls) == 2
+
+
 def test_a_raising_on_row_stops_nothing(tiny: Any, tmp_path: Path) -> None:
     def on_row(row: dict[str, Any]) -> None:
         raise ValueError("user bug")

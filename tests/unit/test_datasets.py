@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from attribsdk.errors import FeatureError, InputError
@@ -85,6 +86,44 @@ def test_hotpotqa_full_protocol_uses_all_paragraphs() -> None:
         gold_text = [paper[ex.id].prompt.features[i].text for i in paper[ex.id].gold]
         assert [ex.prompt.features[i].text for i in ex.gold] == gold_text
         assert ex.dataset == "hotpotqa-full"
+
+
+def test_hotpotqa_deleting_sentences_leaves_single_spaces() -> None:
+    for ex in load_hotpotqa(HOTPOT):
+        row = next(r for r in _rows(HOTPOT) if r["_id"] == ex.id)
+        gold_titles = {t for t, _ in row["supporting_facts"]}
+        title = next(t for t, _ in row["context"] if t in gold_titles)  # the first document's
+        n0 = sum(p.feature for p in ex.prompt.documents[0].parts)
+        assert n0 >= 2, "the fixture's first gold paragraph has two sentences or more"
+        texts = [f.text for f in ex.prompt.features]
+        full = ex.prompt.render().messages[-1].content
+        assert f"{title}: {texts[0]} {texts[1]}" in full
+        # the paragraph's first sentence deleted: the second follows the title after one space
+        keep = [True] * ex.n_features
+        keep[0] = False
+        user = ex.prompt.render(keep).messages[-1].content
+        assert f"{title}: {texts[1]}" in user and texts[0] not in user
+        # every sentence of the paragraph deleted: its title stands alone, no trailing space
+        keep[:n0] = [False] * n0
+        user = ex.prompt.render(keep).messages[-1].content
+        assert f"{title}:\n" in user
+        # whitespace the data does not hold never appears, whatever is deleted
+        rng = np.random.default_rng(0)
+        question = ex.prompt.fixed["question"]
+        for _ in range(20):
+            masked = ex.prompt.render(rng.integers(0, 2, ex.n_features)).messages[-1].content
+            assert "  " not in masked.replace(question, "")
+
+
+def test_fingerprint_follows_the_prompt_and_gold() -> None:
+    a, b = list(load_hotpotqa(HOTPOT))[:2]
+    again = next(iter(load_hotpotqa(HOTPOT)))
+    assert a.fingerprint == again.fingerprint and a.fingerprint != b.fingerprint
+    assert a.model_copy(update={"gold": a.gold[:-1]}).fingerprint != a.fingerprint
+    other = a.prompt.model_copy(update={"template": a.prompt.template + " "})
+    assert a.model_copy(update={"prompt": other}).fingerprint != a.fingerprint
+    # what an explanation does not depend on leaves it alone
+    assert a.model_copy(update={"meta": {}, "reference_answer": None}).fingerprint == a.fingerprint
 
 
 def test_splits_partition_the_examples() -> None:
