@@ -13,6 +13,7 @@ import anyio
 
 from ..errors import ConfigError
 from .base import Completion, GenerationParams, Message
+from .wrappers import generic_request
 
 if TYPE_CHECKING:
     from ..scoring.models import ModelStore
@@ -50,6 +51,7 @@ class LocalClosedModel:
         self._device = device
         self._dtype = dtype
         self._lock = anyio.Lock()
+        self._identity: dict[str, Any] | None = None
 
     @classmethod
     def from_name(cls, name: str, **options: Any) -> LocalClosedModel:
@@ -64,6 +66,31 @@ class LocalClosedModel:
 
     def __repr__(self) -> str:
         return f"LocalClosedModel({self.name!r})"
+
+    def describe_request(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
+        """The request as a cache keys it: the model's name, the messages and every output-changing
+        parameter, plus what makes one load's answers differ from another's: the weights the name
+        resolves to and the device type and dtype they run in (a bfloat16 GPU answer is not served
+        to a float32 CPU caller). Nothing is loaded to find them."""
+        described = generic_request(self.name, messages, params)
+        described["provider"] = "local"
+        described["load"] = self._load_identity()
+        return described
+
+    def _load_identity(self) -> dict[str, Any]:
+        if self._identity is None:
+            if isinstance(self._spec, str):
+                from ..scoring.models import load_identity
+
+                self._identity = dict(load_identity(self._spec, device=self._device, dtype=self._dtype))
+            else:  # the caller's handle: as loaded
+                handle = self._spec
+                self._identity = {
+                    "weights": handle.name,
+                    "device": getattr(handle, "device", None),
+                    "dtype": getattr(handle, "dtype", None),
+                }
+        return self._identity
 
     async def _get_handle(self) -> TextGenerator:
         async with self._lock:

