@@ -100,13 +100,16 @@ def clear(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     debug: DebugOption = False,
 ) -> None:
-    """Delete every cached answer (they will be paid for again when next needed)."""
+    """Delete every cached answer (they will be paid for again when next needed) and the lock
+    files no process holds."""
 
     def run() -> None:
         with _open(target, namespace) as cache:
             info = cache.stats()
             where = _where(info)
             if not info.exists or info.entries == 0:
+                if info.exists:
+                    cache.clear()  # no answers, but lock files no process holds go
                 typer.echo(f"nothing to clear at {where}")
                 return
             if not yes and not typer.confirm(f"delete {info.entries} cached answers in {where}?"):

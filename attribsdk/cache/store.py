@@ -359,11 +359,37 @@ class DiskCache(ThreadedCacheAPI):
         return base.model_copy(update={"entries": len(cache), "size_bytes": int(cache.volume())})
 
     def clear(self) -> int:
-        """Delete every entry; returns how many there were. A missing cache stays missing, and
-        another program's cache is refused (:class:`~attribsdk.errors.CacheUnavailableError`)."""
+        """Delete every entry, and the lock files no process holds; returns how many entries there
+        were. A missing cache stays missing, and another program's cache is refused
+        (:class:`~attribsdk.errors.CacheUnavailableError`).
+
+        Lock files (one empty file per request ever made) are otherwise never deleted: a lock file
+        removed while another process waits on it could let two processes hold one key. Here each
+        is deleted while held, so the only cost of a concurrent caller is that a request it makes
+        during the clear may be sent twice, which a clear allows anyway."""
         if not (self.directory / "cache.db").exists():
             return 0
-        return int(self._open().clear())
+        n = int(self._open().clear())
+        self._prune_locks()
+        return n
+
+    def _prune_locks(self) -> None:
+        root = self.directory / "locks"
+        if not root.is_dir():
+            return
+        for sub in root.iterdir():
+            if not sub.is_dir():
+                continue
+            for path in sub.glob("*.lock"):
+                lock = filelock.FileLock(str(path), thread_local=False)
+                if not _try_acquire(lock):
+                    continue  # held: its holder is mid-request
+                try:
+                    path.unlink(missing_ok=True)
+                finally:
+                    lock.release()
+            with contextlib.suppress(OSError):
+                sub.rmdir()  # only when empty
 
     def close(self) -> None:
         """Close the database handle (it is reopened on next use)."""

@@ -546,9 +546,18 @@ async def test_cli_stats_and_clear(tmp_path: Path) -> None:
         json.loads(runner.invoke(cache_app, ["stats", "--dir", str(tmp_path), "--json"]).output)["entries"]
         == 3
     )
-    result = runner.invoke(cache_app, ["clear", "--dir", str(tmp_path), "--yes"])
-    assert result.exit_code == 0 and "deleted 3" in result.output
+    locks = sorted(p.name for p in (tmp_path / "locks").rglob("*.lock"))
+    assert len(locks) == 3  # one per request made
+    other = ResponseCache(tmp_path)  # as another process would, holds one key's lock
+    async with other, other.lock(locks[0].removesuffix(".lock")):
+        result = runner.invoke(cache_app, ["clear", "--dir", str(tmp_path), "--yes"])
+        assert result.exit_code == 0 and "deleted 3" in result.output
+        # the held lock file stays, the two free ones are gone
+        assert [p.name for p in (tmp_path / "locks").rglob("*.lock")] == locks[:1]
     assert "entries:   0" in runner.invoke(cache_app, ["stats", "--dir", str(tmp_path)]).output
+    result = runner.invoke(cache_app, ["clear", "--dir", str(tmp_path), "--yes"])
+    assert result.exit_code == 0 and "nothing to clear" in result.output
+    assert not list((tmp_path / "locks").rglob("*"))  # no answers left, and the free lock file went
 
 
 def test_another_programs_diskcache_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
