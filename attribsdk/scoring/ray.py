@@ -21,6 +21,12 @@ explainer's surrogate.
   resubmitted to another live actor (``failover`` times). Finished results are never lost; when
   every retry is spent only that request fails, with a :class:`~attribsdk.errors.ScoringError`
   naming the actor. :attr:`RayScorer.stats` counts requests, restarts seen and resubmissions.
+* An actor that died while Ray may still restart it, or that did not answer within
+  ``request_timeout``, is set aside, not written off: a probe call is queued on it, and it takes
+  requests again once the probe answers (a restarted or thawed actor); only a probe that fails says
+  it is gone for good.
+* Several pools may share one Ray runtime in a process: the one that started Ray shuts it down
+  when the last open pool closes, not under the others.
 
 Ray is an optional extra (``pip install 'attribsdk[ray]'``); this module imports it only when a
 :class:`RayScorer` is created. On a multi-machine cluster attribsdk (and a surrogate given by path)
@@ -157,15 +163,19 @@ class RayActorInfo:
     alive: bool = True
     in_flight: int = 0
     requests: int = 0
+    #: A pending ``info`` call on an actor set aside (died while restartable, or timed out): the
+    #: actor is taken back when it answers, written off when it fails.
+    probe: Any = field(default=None, repr=False)
 
 
 @dataclass
 class RayStats:
     """Counters of a :class:`RayScorer` since it started.
 
-    ``restarts``: actor restarts noticed (a result came back from a new process of an actor);
-    ``resubmitted``: requests sent to another actor after theirs died for good; ``failed``:
-    requests that ended in an error (scoring errors included); ``dead``: actors gone for good.
+    ``restarts``: actor restarts noticed (a result or probe came back from a new process of an
+    actor); ``resubmitted``: requests sent to another actor after theirs died or timed out;
+    ``failed``: requests that ended in an error (scoring errors included); ``timeouts``: requests
+    not answered within ``request_timeout``; ``dead``: actors gone for good.
     """
 
     requests: int = 0
@@ -173,6 +183,7 @@ class RayStats:
     failed: int = 0
     restarts: int = 0
     resubmitted: int = 0
+    timeouts: int = 0
     dead: int = 0
     per_actor: list[int] = field(default_factory=list)
 
@@ -189,8 +200,8 @@ class RayScorer:
             (a new local cluster), ``"auto"`` (the running cluster on this machine),
             ``"host:6379"`` or ``"ray://host:10001"``. When Ray is already initialised in this
             process its cluster is used and ``address`` is ignored.
-        num_actors: pool size (default: as many as the cluster's CPUs -- or GPUs, with
-            ``num_gpus_per_actor`` -- allow, at least 1).
+        num_actors: pool size (default: as many as the cluster's free CPUs -- or GPUs, with
+            ``num_gpus_per_actor`` -- allow, at least 1; another pool's actors are not counted).
         num_cpus_per_actor, num_gpus_per_actor: Ray resources each actor holds (a GPU actor sees
             only its own GPU, so ``device="auto"`` picks it; with no GPU per actor ``"auto"`` is
             the CPU, since Ray would show every GPU of the node to each actor).
@@ -198,14 +209,17 @@ class RayScorer:
         threads: torch CPU threads per actor (default: ``num_cpus_per_actor``, at least 1).
         max_restarts: times Ray restarts a dead actor (``-1``: always).
         max_task_retries: times Ray re-runs a request whose actor died (``-1``: always).
-        failover: times a request is resubmitted to another actor when its actor is gone for good.
+        failover: times a request is resubmitted to another actor when its actor died or timed out.
+        request_timeout: seconds to wait for one request's result (``None``: no limit). An actor
+            that does not answer in time is set aside until it answers a probe.
         actor_concurrency: requests one actor accepts at once (they share its micro-batches).
         ready_timeout: seconds to wait for the actors to load the surrogate.
         init_options: extra keyword arguments for ``ray.init`` when this object starts Ray.
 
     Construction starts the actors and waits until every one has loaded the surrogate (a load
-    failure raises :class:`ModelLoadError`). ``close()`` kills them, and shuts Ray down when this
-    object started it. Thread-safe: call ``score`` from many threads.
+    failure raises :class:`ModelLoadError`). ``close()`` kills them, and shuts Ray down when a
+    pool started it and no other pool of this process is open. Thread-safe: call ``score`` from
+    many threads.
     """
 
     def __init__(
@@ -223,6 +237,7 @@ class RayScorer:
         max_task_retries: int = 3,
         failover: int = 1,
         actor_concurrency: int = 8,
+        request_timeout: float | None = None,
         ready_timeout: float = 600.0,
         init_options: Mapping[str, Any] | None = None,
     ) -> None:
@@ -230,6 +245,8 @@ class RayScorer:
         for label, value in (("max_restarts", max_restarts), ("max_task_retries", max_task_retries)):
             if value < -1:
                 raise ConfigError(f"{label} must be -1 (always) or ≥ 0, got {value}")
+        if request_timeout is not None and not request_timeout > 0:
+            raise ConfigError(f"request_timeout must be > 0 seconds or None, got {request_timeout!r}")
         if failover < 0 or actor_concurrency < 1 or num_cpus_per_actor < 0 or num_gpus_per_actor < 0:
             raise ConfigError("failover, resources must be ≥ 0 and actor_concurrency ≥ 1")
         if num_actors is not None and num_actors < 1:
@@ -243,17 +260,11 @@ class RayScorer:
         self._lock = threading.Lock()
         self._closed = False
         self.failover = failover
+        self.request_timeout = request_timeout
+        self._restartable = max_restarts != 0
         self.stats = RayStats()
         self.address = address
-        self._owns_ray = False
-        if not ray.is_initialized():
-            options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
-            options.update(init_options or {})
-            try:
-                ray.init(address=address, **options)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ConfigError(f"cannot start or reach the Ray cluster {address!r}: {exc}") from exc
-            self._owns_ray = True
+        _runtime.open(ray, address, init_options)
         try:
             n = num_actors or _default_actors(ray, num_cpus_per_actor, num_gpus_per_actor)
             if threads is None:
@@ -331,28 +342,40 @@ class RayScorer:
         while True:
             actor = self._acquire()
             where = f"Ray actor {actor.index} (pid {actor.pid} on {actor.host})"
+            ref = None
             try:
                 # the progress callback stays here (it cannot travel); told once the result is back
                 ref = self._actors[actor.index].score.remote(dataclasses.replace(request, on_progress=None))
-                result, error, pid = ray.get(ref)
-            except ray.exceptions.RayActorError as exc:
-                gone = isinstance(exc, ray.exceptions.ActorDiedError)
+                result, error, pid = ray.get(ref, timeout=self.request_timeout)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+                timed_out = isinstance(exc, ray.exceptions.GetTimeoutError)
+                died = isinstance(exc, ray.exceptions.ActorDiedError)
+                if timed_out:
+                    with contextlib.suppress(Exception):
+                        ray.cancel(ref)
                 with self._lock:
                     actor.in_flight -= 1
-                    if gone and actor.alive:
-                        actor.alive = False
-                        self.stats.dead += 1
+                    if timed_out:
+                        self.stats.timeouts += 1
+                    if actor.alive:
+                        # a frozen, restarting or unreachable actor may come back; a dead one
+                        # that Ray will not restart cannot
+                        self._set_aside(actor, probe=self._restartable or not died)
                     others = any(a.alive for a in self.actors if a is not actor)
-                    retry = gone and others and failovers > 0
+                    retry = others and failovers > 0
                     if retry:
                         failovers -= 1
                         self.stats.resubmitted += 1
                     else:
                         self.stats.failed += 1
+                state = (
+                    f"did not answer within {self.request_timeout:g} s"
+                    if timed_out
+                    else ("died" if died else "was unavailable")
+                )
                 if retry:
-                    logger.warning("%s died; resubmitting its request to another actor", where)
+                    logger.warning("%s %s; resubmitting its request to another actor", where, state)
                     continue
-                state = "died" if gone else "was unavailable"
                 raise ScoringError(f"{where} {state} and its retries are spent: {exc}") from exc
             except Exception as exc:  # another Ray error, or the request failing to serialise
                 with self._lock:
@@ -380,16 +403,86 @@ class RayScorer:
                     request.on_progress(len(request.prompts))
             return result
 
-    def _acquire(self) -> RayActorInfo:
+    def _set_aside(self, actor: RayActorInfo, *, probe: bool) -> None:
+        """Stop routing to ``actor`` (under the lock). With ``probe`` an ``info`` call is queued on
+        it: Ray runs it on the restarted (or thawed) actor, or fails it if the actor is gone."""
+        actor.alive = False
+        if probe:
+            try:
+                actor.probe = self._probe(actor)
+                return
+            except Exception as exc:  # the cluster refused the call: nothing to wait for
+                logger.debug("probing Ray actor %d failed: %s", actor.index, exc)
+        actor.probe = None
+        self.stats.dead += 1
+
+    def _probe(self, actor: RayActorInfo) -> Any:
+        # retried by Ray until the actor runs again (restarted or thawed) or is dead for good
+        return self._actors[actor.index].info.options(max_task_retries=-1).remote()
+
+    def check_actors(self) -> list[bool]:
+        """Settle the probes of actors set aside that have answered: an answer takes the actor back
+        (a new pid counts as a restart), an error writes it off. Returns which actors are live.
+        Called before each request; never waits."""
+        ray = self._ray
         with self._lock:
-            if self._closed:
-                raise ScoringError("this RayScorer is closed")
-            live = [a for a in self.actors if a.alive]
-            if not live:
+            pending = [a for a in self.actors if a.probe is not None]
+        for actor in pending:
+            probe = actor.probe
+            if probe is None or not ray.wait([probe], timeout=0)[0]:
+                continue
+            try:
+                info = ray.get(probe)
+            except ray.exceptions.ActorUnavailableError:
+                with self._lock:  # unreachable for now, not dead: ask again
+                    if actor.probe is probe and not self._closed:
+                        actor.probe = self._probe(actor)
+                continue
+            except Exception as exc:
+                with self._lock:
+                    if actor.probe is probe:
+                        actor.probe = None
+                        self.stats.dead += 1
+                logger.warning("Ray actor %d is gone for good: %s", actor.index, exc)
+                continue
+            with self._lock:
+                if actor.probe is not probe:
+                    continue
+                actor.probe = None
+                actor.alive = True
+                pid = int(info["pid"])
+                if pid != actor.pid:
+                    logger.warning("Ray actor %d was restarted (pid %d → %d)", actor.index, actor.pid, pid)
+                    self.stats.restarts += 1
+                    actor.pid = pid
+            logger.info("Ray actor %d answers again; it takes requests", actor.index)
+        with self._lock:
+            return [a.alive for a in self.actors]
+
+    def _acquire(self) -> RayActorInfo:
+        """The least-loaded live actor. When every actor is set aside, waits for one to answer its
+        probe (up to ``request_timeout``): a restarting actor is worth waiting for."""
+        waited = False
+        while True:
+            self.check_actors()
+            with self._lock:
+                if self._closed:
+                    raise ScoringError("this RayScorer is closed")
+                live = [a for a in self.actors if a.alive]
+                if live:
+                    best = min(live, key=lambda a: (a.in_flight, a.requests))
+                    best.in_flight += 1
+                    return best
+                probes = [a.probe for a in self.actors if a.probe is not None]
+            if not probes:
                 raise ScoringError(f"all {len(self.actors)} Ray actors of {self._name!r} are dead")
-            best = min(live, key=lambda a: (a.in_flight, a.requests))
-            best.in_flight += 1
-            return best
+            if waited:
+                raise ScoringError(
+                    f"no Ray actor of {self._name!r} answered within {self.request_timeout:g} s "
+                    f"({len(probes)} set aside, {len(self.actors) - len(probes)} dead)"
+                )
+            self._ray.wait(probes, num_returns=1, timeout=self.request_timeout)
+            waited = self.request_timeout is not None
 
     # -- inspection -------------------------------------------------------------------------------
     def actor_pids(self) -> list[int]:
@@ -404,7 +497,8 @@ class RayScorer:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def close(self) -> None:
-        """Kill the actors (no restart), and shut Ray down if this object started it (idempotent)."""
+        """Kill the actors (no restart), and shut Ray down if a pool started it and this was the
+        last open pool of the process (idempotent)."""
         with self._lock:
             if self._closed:
                 return
@@ -415,8 +509,7 @@ class RayScorer:
                 ray.kill(actor, no_restart=True)
             except Exception as exc:  # already dead or the cluster is gone
                 logger.debug("killing a Ray actor failed: %s", exc)
-        if self._owns_ray:
-            ray.shutdown()
+        _runtime.close(ray)
 
     def __enter__(self) -> RayScorer:
         return self
@@ -450,8 +543,41 @@ def _shippable(surrogate: str | os.PathLike[str] | Scorer, ray: Any) -> str | Sc
     return surrogate
 
 
+class _Runtime:
+    """The Ray runtime as this process's pools use it: started by the first pool that found none,
+    shut down when the last open pool closes (only if a pool started it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open = 0
+        self._started = False
+
+    def open(self, ray: Any, address: str | None, init_options: Mapping[str, Any] | None) -> None:
+        with self._lock:
+            if not ray.is_initialized():
+                options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+                options.update(init_options or {})
+                try:
+                    ray.init(address=address, **options)
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    raise ConfigError(f"cannot start or reach the Ray cluster {address!r}: {exc}") from exc
+                self._started = True
+            self._open += 1
+
+    def close(self, ray: Any) -> None:
+        with self._lock:
+            self._open -= 1
+            if self._open == 0 and self._started:
+                self._started = False
+                ray.shutdown()
+
+
+_runtime = _Runtime()
+
+
 def _default_actors(ray: Any, cpus: float, gpus: float) -> int:
-    resources = ray.cluster_resources()
+    """As many actors as the cluster's free resources hold (another pool's actors hold theirs)."""
+    resources = ray.available_resources()
     if gpus > 0:
         return max(1, int(resources.get("GPU", 0) // gpus))
     if cpus > 0:

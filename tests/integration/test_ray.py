@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -370,3 +371,101 @@ def test_a_request_that_cannot_be_sent_fails_typed_and_frees_the_actor(
         rendered = [two.render(), two.render([True, False])]
         result = pool.score(ScoringRequest(prompts=rendered, answer="A.", on_progress=on_progress))
         assert ticks == [2] and result.n_sequences == 2 and pool.stats.finished == 1
+
+
+def _two_row_request() -> ScoringRequest:
+    two = build_prompt("Q?", "Paris is large. It is on the Seine.")
+    return ScoringRequest(prompts=[two.render(), two.render([True, False])], answer="A.")
+
+
+def _until(predicate: Any, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_an_actor_that_does_not_answer_is_set_aside_until_it_answers_again(
+    cluster: None, model_dir: Path
+) -> None:
+    request = _two_row_request()
+    with RayScorer(str(model_dir), num_actors=2, device="cpu", request_timeout=3, failover=0) as pool:
+        pid = pool.actors[0].pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(ScoringError, match=r"Ray actor 0 .* did not answer within 3 s"):
+                pool.score(request)  # actor 0 is the least loaded
+            assert time.monotonic() - t0 < 30
+            assert [a.alive for a in pool.actors] == [False, True] and pool.stats.timeouts == 1
+            assert pool.score(request).extras["ray_actor"] == 1  # the frozen actor is left alone
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # thawed, it answers its probe and takes requests again (not a restart, not dead)
+        _until(lambda: pool.check_actors() == [True, True])
+        assert (pool.stats.dead, pool.stats.restarts, pool.actors[0].pid) == (0, 0, pid)
+        assert pool.score(request).extras["ray_actor"] == 0
+
+        # with failover the request of an actor that freezes again goes to the other one
+        pool.failover = 1
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            assert pool.score(request).extras["ray_actor"] == 1
+            assert pool.stats.timeouts == 2 and pool.stats.resubmitted == 1
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_a_restartable_actor_that_died_is_taken_back_after_its_restart(
+    cluster: None, model_dir: Path
+) -> None:
+    request = _two_row_request()
+    # no task retries: the request on the dying actor fails over, the actor itself comes back
+    with RayScorer(str(model_dir), num_actors=2, device="cpu", max_task_retries=0, failover=1) as pool:
+        pid = pool.actors[0].pid
+        os.kill(pid, signal.SIGSTOP)
+        got: list[Any] = []
+        thread = threading.Thread(target=lambda: got.append(pool.score(request)))
+        thread.start()
+        _until(lambda: pool.in_flight()[0] == 1)
+        os.kill(pid, signal.SIGKILL)
+        thread.join(120)
+        assert got and got[0].extras["ray_actor"] == 1 and pool.stats.resubmitted == 1
+        _until(lambda: pool.check_actors() == [True, True])
+        assert (pool.stats.dead, pool.stats.restarts) == (0, 1) and pool.actors[0].pid != pid
+        assert pool.actor_pids()[0] == pool.actors[0].pid
+        assert pool.score(request).extras["ray_actor"] == 0
+
+
+def test_the_default_pool_size_counts_only_free_slots(cluster: None, model_dir: Path) -> None:
+    # 3 slots, 2 held by the first pool: a second pool of 3 would wait for slots that never free
+    first = RayScorer(str(model_dir), num_actors=2, device="cpu")
+    with first, RayScorer(str(model_dir), device="cpu", ready_timeout=120) as second:
+        assert (first.num_actors, second.num_actors) == (2, 1)
+        assert second.score(_two_row_request()).n_sequences == 2
+
+
+def test_ray_started_by_a_pool_stays_up_until_the_last_pool_closes(model_dir: Path) -> None:
+    code = f"""
+import ray
+from attribsdk.prompt import build_prompt
+from attribsdk.scoring.base import ScoringRequest
+from attribsdk.scoring.ray import RayScorer
+
+two = build_prompt("Q?", "Paris is large. It is on the Seine.")
+request = ScoringRequest(prompts=[two.render(), two.render([True, False])], answer="A.")
+init = dict(num_cpus=2, log_to_driver=False)
+options = dict(num_actors=1, device="cpu", address="local", init_options=init)
+first = RayScorer({str(model_dir)!r}, **options)
+second = RayScorer({str(model_dir)!r}, **options)
+first.close()
+assert ray.is_initialized(), "the first pool's close shut Ray down under the second"
+assert second.score(request).n_sequences == 2
+second.close()
+assert not ray.is_initialized(), "Ray started by a pool outlived the last pool"
+print("ok")
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
