@@ -875,7 +875,7 @@ def load_model(
     if torch_dtype == torch.bfloat16 and torch_device.type == "cpu" and not _cpu_has_native_bf16():
         warnings.warn(
             "this CPU has no native bfloat16 support; bfloat16 is emulated and several times slower "
-            "than float32 here (measured ~7x on an AVX2 machine)",
+            "than float32 here (measured 4-9x on an AVX2 machine)",
             RuntimeWarning,
             stacklevel=2,
         )
