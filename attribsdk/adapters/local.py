@@ -71,7 +71,8 @@ class LocalClosedModel:
         """The request as a cache keys it: the model's name, the messages and every output-changing
         parameter, plus what makes one load's answers differ from another's: the weights the name
         resolves to and the device type and dtype they run in (a bfloat16 GPU answer is not served
-        to a float32 CPU caller). Nothing is loaded to find them."""
+        to a float32 CPU caller). Nothing is loaded and CUDA is not started to find them
+        (:func:`~attribsdk.scoring.models.load_identity`)."""
         described = generic_request(self.name, messages, params)
         described["provider"] = "local"
         described["load"] = self._load_identity()
@@ -83,12 +84,13 @@ class LocalClosedModel:
                 from ..scoring.models import load_identity
 
                 self._identity = dict(load_identity(self._spec, device=self._device, dtype=self._dtype))
-            else:  # the caller's handle: as loaded
+            else:  # the caller's handle: as loaded (a GGUF's stem is no identity: add its path)
                 handle = self._spec
+                path = getattr(getattr(handle, "load_info", None), "path", None)
                 self._identity = {
-                    "weights": handle.name,
-                    "device": getattr(handle, "device", None),
-                    "dtype": getattr(handle, "dtype", None),
+                    "weights": handle.name if path is None else f"{handle.name}|{path}",
+                    "device": str(getattr(handle, "device", None)),
+                    "dtype": str(getattr(handle, "dtype", None)),
                 }
         return self._identity
 

@@ -108,8 +108,9 @@ def clear(
             info = cache.stats()
             where = _where(info)
             if not info.exists or info.entries == 0:
-                if info.exists:
-                    cache.clear()  # no answers, but lock files no process holds go
+                prune = getattr(cache, "prune_locks", None)
+                if info.exists and prune is not None:
+                    prune()  # no answers, but lock files no process holds go
                 typer.echo(f"nothing to clear at {where}")
                 return
             if not yes and not typer.confirm(f"delete {info.entries} cached answers in {where}?"):

@@ -363,17 +363,18 @@ class DiskCache(ThreadedCacheAPI):
         were. A missing cache stays missing, and another program's cache is refused
         (:class:`~attribsdk.errors.CacheUnavailableError`).
 
-        Lock files (one empty file per request ever made) are otherwise never deleted: a lock file
-        removed while another process waits on it could let two processes hold one key. Here each
-        is deleted while held, so the only cost of a concurrent caller is that a request it makes
-        during the clear may be sent twice, which a clear allows anyway."""
+        Lock files (one empty file per request ever made) are otherwise never deleted. Here each
+        is deleted while held (:meth:`prune_locks`); a process waiting on one when it goes finds it
+        unlinked once it gets the lock and retries on a new file."""
         if not (self.directory / "cache.db").exists():
             return 0
         n = int(self._open().clear())
-        self._prune_locks()
+        self.prune_locks()
         return n
 
-    def _prune_locks(self) -> None:
+    def prune_locks(self) -> None:
+        """Delete the lock files no process holds (each is taken before it is unlinked; a process
+        that opened one before it went retries on a new file, as filelock ≥ 4 checks)."""
         root = self.directory / "locks"
         if not root.is_dir():
             return
@@ -388,8 +389,7 @@ class DiskCache(ThreadedCacheAPI):
                     path.unlink(missing_ok=True)
                 finally:
                     lock.release()
-            with contextlib.suppress(OSError):
-                sub.rmdir()  # only when empty
+            # The subdirectories stay: removing one could race another process's mkdir-then-open.
 
     def close(self) -> None:
         """Close the database handle (it is reopened on next use)."""

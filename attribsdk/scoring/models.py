@@ -37,7 +37,7 @@ from typing import Any, Literal
 import torch
 
 from ..adapters.base import Completion, GenerationParams, Message, TokenLogprob, Usage
-from ..errors import ConfigError, ContextWindowError, ModelLoadError, ModelNotFoundError
+from ..errors import AttribError, ConfigError, ContextWindowError, ModelLoadError, ModelNotFoundError
 from ._rwlock import ForwardLock
 from .base import RotaryPairing, ScoreResult, ScoringRequest
 from .capture import enable_capture
@@ -825,17 +825,28 @@ def _prune_stale(source: _Source, kept: Path) -> None:
 def load_identity(
     spec: str | os.PathLike[str], *, device: str = "auto", dtype: str = "auto"
 ) -> dict[str, str]:
-    """What tells one load of ``spec`` from another, without loading it: the weights it resolves
-    to (a packaged GGUF's sha256 from its package record; a GGUF file's path, size and modification
-    time; a model directory's path) and the device type and dtype that ``device``/``dtype`` resolve
-    to on this machine (``"auto"`` and the explicit value it resolves to give the same identity)."""
-    source = _resolve_source(spec)
-    dev = resolve_device(device)
-    return {
-        "weights": source.fingerprint or source.key,
-        "device": dev.type,
-        "dtype": _dtype_name(_resolve_dtype(dtype, dev)),
-    }
+    """What tells one load of ``spec`` from another, without loading it or starting CUDA: the
+    weights it resolves to (a packaged GGUF's sha256 from its package record; a GGUF file's path,
+    size and modification time; a model directory's path, so weights rewritten in place keep
+    their identity) and the device type and dtype it will run in. ``dtype="auto"`` off CUDA is
+    float32, as :func:`load_model` resolves it; on CUDA it stays ``"auto"`` (bfloat16 or float16
+    by GPU, which only starting CUDA would tell). Never raises: what cannot be resolved (weights
+    not installed, an unknown device) is recorded as given, and loading reports it."""
+    try:
+        weights = (source := _resolve_source(spec)).fingerprint or source.key
+    except AttribError:
+        weights = str(spec)
+    if device == "auto":
+        # is_available asks the driver and creates no CUDA context
+        kind = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    else:
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, ValueError, TypeError):
+            kind = str(device)
+    if dtype == "auto" and kind in ("cpu", "mps"):
+        dtype = "float32"
+    return {"weights": weights, "device": kind, "dtype": str(dtype)}
 
 
 def load_model(

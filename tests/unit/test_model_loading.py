@@ -313,14 +313,24 @@ def test_a_local_closed_models_cache_key_follows_its_weights_device_and_dtype(
     messages = [Message(role="user", content="What is the capital of France?")]
     params = GenerationParams(max_tokens=8)
 
-    def key(spec: Any = str(path), **placement: str) -> str:
-        return cache_key(LocalClosedModel(spec, **placement), messages, params)
+    def key(device: str = "cpu", dtype: str = "auto") -> str:
+        return cache_key(LocalClosedModel(str(path), device=device, dtype=dtype), messages, params)
 
-    # "auto" on this CPU-only machine is float32 on the CPU: the same answers, the same key
-    assert key() == key(device="cpu", dtype="float32")
-    assert key(dtype="bfloat16") != key(dtype="float32")
-    described = LocalClosedModel(str(path), dtype="bfloat16").describe_request(messages, params)
-    assert described["load"]["dtype"] == "bfloat16" and described["load"]["device"] == "cpu"
+    # dtype "auto" on the CPU is float32: the same answers, the same key
+    assert key(device="cpu") == key(device="cpu", dtype="float32")
+    assert key(device="cpu", dtype="bfloat16") != key(device="cpu", dtype="float32")
+    described = LocalClosedModel(str(path), device="cpu", dtype="bfloat16").describe_request(messages, params)
+    assert described["load"] == {
+        "weights": described["load"]["weights"],
+        "device": "cpu",
+        "dtype": "bfloat16",
+    }
+    # what cannot be resolved is keyed as given (loading reports it), never an error here
+    assert LocalClosedModel("no-such-model", device="tpu9").describe_request(messages, params)["load"] == {
+        "weights": "no-such-model",
+        "device": "tpu9",
+        "dtype": "auto",
+    }
     before = key()
     write_tiny_gguf(path, seed=1)  # other weights at the same path
     assert key() != before
@@ -336,3 +346,7 @@ def test_a_local_closed_models_cache_key_follows_its_weights_device_and_dtype(
         "device": "cpu",
         "dtype": "float32",
     }
+    # a GGUF loaded by the caller is known by its conversion's path too (its stem is no identity)
+    loaded = load_model(path, device="cpu", cache_dir=path.parent / "c")
+    weights = LocalClosedModel(loaded).describe_request(messages, params)["load"]["weights"]
+    assert weights == f"{loaded.name}|{loaded.load_info.path}"
