@@ -21,10 +21,11 @@ explainer's surrogate.
   resubmitted to another live actor (``failover`` times). Finished results are never lost; when
   every retry is spent only that request fails, with a :class:`~attribsdk.errors.ScoringError`
   naming the actor. :attr:`RayScorer.stats` counts requests, restarts seen and resubmissions.
-* An actor that died while Ray may still restart it, or that did not answer within
-  ``request_timeout``, is set aside, not written off: a probe call is queued on it, and it takes
-  requests again once the probe answers (a restarted or thawed actor); only a probe that fails says
-  it is gone for good.
+* An actor that died while Ray may still restart it is set aside, not written off: a probe call is
+  queued on it, and it takes requests again once the probe answers; only a probe that fails says it
+  is gone for good. An actor that did not answer within ``request_timeout`` is set aside until that
+  request ends (a threaded actor cannot interrupt it). When no actor is live, a request waits for
+  one to come back (up to ``request_timeout``, else ``ready_timeout``).
 * Several pools may share one Ray runtime in a process: the one that started Ray shuts it down
   when the last open pool closes, not under the others.
 
@@ -40,6 +41,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,9 +165,10 @@ class RayActorInfo:
     alive: bool = True
     in_flight: int = 0
     requests: int = 0
-    #: A pending ``info`` call on an actor set aside (died while restartable, or timed out): the
-    #: actor is taken back when it answers, written off when it fails.
+    #: What an actor set aside waits for: its request that timed out (``probe_is_request``) or an
+    #: ``info`` call queued after it died while restartable. It is taken back when that answers.
     probe: Any = field(default=None, repr=False)
+    probe_is_request: bool = False
 
 
 @dataclass
@@ -258,7 +261,10 @@ class RayScorer:
             device = "cpu"
         self._ray = ray
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when a score() call leaves
+        self._active = 0  # score() calls in progress
         self._closed = False
+        self.ready_timeout = ready_timeout
         self.failover = failover
         self.request_timeout = request_timeout
         self._restartable = max_restarts != 0
@@ -335,9 +341,20 @@ class RayScorer:
         """Score ``request`` on the least-loaded live actor (blocking; see the module docs for
         retries). Errors the surrogate raises keep their type (:class:`InputError`,
         :class:`ContextWindowError`…); a lost actor gives :class:`ScoringError`."""
-        ray = self._ray
         with self._lock:
+            if self._closed:
+                raise ScoringError("this RayScorer is closed")
             self.stats.requests += 1
+            self._active += 1
+        try:
+            return self._score(request)
+        finally:
+            with self._lock:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def _score(self, request: ScoringRequest) -> ScoreResult:
+        ray = self._ray
         failovers = self.failover
         while True:
             actor = self._acquire()
@@ -350,19 +367,25 @@ class RayScorer:
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
                 timed_out = isinstance(exc, ray.exceptions.GetTimeoutError)
                 died = isinstance(exc, ray.exceptions.ActorDiedError)
-                if timed_out:
-                    with contextlib.suppress(Exception):
-                        ray.cancel(ref)
                 with self._lock:
-                    actor.in_flight -= 1
                     if timed_out:
                         self.stats.timeouts += 1
-                    if actor.alive:
-                        # a frozen, restarting or unreachable actor may come back; a dead one
-                        # that Ray will not restart cannot
-                        self._set_aside(actor, probe=self._restartable or not died)
-                    others = any(a.alive for a in self.actors if a is not actor)
-                    retry = others and failovers > 0
+                        if actor.alive:
+                            # the request still runs there (a threaded actor cannot be
+                            # interrupted): it holds its slot until it ends, and the actor is set
+                            # aside until then
+                            self._set_aside(actor, waiting_for=ref)
+                        else:  # already waiting for an earlier request of its
+                            actor.in_flight -= 1
+                    else:
+                        actor.in_flight -= 1
+                        if actor.alive:
+                            # a restarting or unreachable actor may come back; a dead one that Ray
+                            # will not restart cannot
+                            self._set_aside(actor, waiting_for=None, dead=died and not self._restartable)
+                    # a set-aside actor is waited for when no other is live
+                    others = any(a.alive or a.probe is not None for a in self.actors if a is not actor)
+                    retry = failovers > 0 and (others or actor.probe is not None)
                     if retry:
                         failovers -= 1
                         self.stats.resubmitted += 1
@@ -374,7 +397,7 @@ class RayScorer:
                     else ("died" if died else "was unavailable")
                 )
                 if retry:
-                    logger.warning("%s %s; resubmitting its request to another actor", where, state)
+                    logger.warning("%s %s; resubmitting its request", where, state)
                     continue
                 raise ScoringError(f"{where} {state} and its retries are spent: {exc}") from exc
             except Exception as exc:  # another Ray error, or the request failing to serialise
@@ -386,10 +409,7 @@ class RayScorer:
                 actor.in_flight -= 1
                 actor.requests += 1
                 self.stats.per_actor[actor.index] += 1
-                if pid != actor.pid:
-                    logger.warning("Ray actor %d was restarted (pid %d → %d)", actor.index, actor.pid, pid)
-                    self.stats.restarts += 1
-                    actor.pid = pid
+                self._note_pid(actor, pid)
                 if error is not None:
                     self.stats.failed += 1
                 else:
@@ -403,17 +423,26 @@ class RayScorer:
                     request.on_progress(len(request.prompts))
             return result
 
-    def _set_aside(self, actor: RayActorInfo, *, probe: bool) -> None:
-        """Stop routing to ``actor`` (under the lock). With ``probe`` an ``info`` call is queued on
-        it: Ray runs it on the restarted (or thawed) actor, or fails it if the actor is gone."""
+    def _note_pid(self, actor: RayActorInfo, pid: int) -> None:
+        """(under the lock) A reply came from process ``pid``: a new one means Ray restarted it."""
+        if pid != actor.pid:
+            logger.warning("Ray actor %d was restarted (pid %d → %d)", actor.index, actor.pid, pid)
+            self.stats.restarts += 1
+            actor.pid = pid
+
+    def _set_aside(self, actor: RayActorInfo, *, waiting_for: Any, dead: bool = False) -> None:
+        """(under the lock) Stop routing to ``actor``. It is taken back when ``waiting_for`` (a
+        request of its that timed out and still runs) ends, or, without one, when an ``info``
+        probe answers: Ray runs the probe on the restarted (or thawed) actor and fails it only if
+        the actor is gone for good. ``dead``: written off now."""
         actor.alive = False
-        if probe:
+        actor.probe, actor.probe_is_request = None, waiting_for is not None
+        if not dead:
             try:
-                actor.probe = self._probe(actor)
+                actor.probe = waiting_for if waiting_for is not None else self._probe(actor)
                 return
             except Exception as exc:  # the cluster refused the call: nothing to wait for
                 logger.debug("probing Ray actor %d failed: %s", actor.index, exc)
-        actor.probe = None
         self.stats.dead += 1
 
     def _probe(self, actor: RayActorInfo) -> Any:
@@ -421,48 +450,55 @@ class RayScorer:
         return self._actors[actor.index].info.options(max_task_retries=-1).remote()
 
     def check_actors(self) -> list[bool]:
-        """Settle the probes of actors set aside that have answered: an answer takes the actor back
-        (a new pid counts as a restart), an error writes it off. Returns which actors are live.
+        """Settle what the actors set aside were waiting for, where it has ended: an answer takes
+        the actor back (a new pid counts as a restart), a request that ended in the actor's death
+        turns into a probe, a failed probe writes the actor off. Returns which actors are live.
         Called before each request; never waits."""
         ray = self._ray
         with self._lock:
-            pending = [a for a in self.actors if a.probe is not None]
-        for actor in pending:
-            probe = actor.probe
-            if probe is None or not ray.wait([probe], timeout=0)[0]:
-                continue
+            if self._closed:
+                return [False] * len(self.actors)
+            pending = [(a, a.probe, a.probe_is_request) for a in self.actors if a.probe is not None]
+        for actor, probe, is_request in pending:
             try:
-                info = ray.get(probe)
-            except ray.exceptions.ActorUnavailableError:
-                with self._lock:  # unreachable for now, not dead: ask again
-                    if actor.probe is probe and not self._closed:
-                        actor.probe = self._probe(actor)
-                continue
-            except Exception as exc:
+                if not ray.wait([probe], timeout=0)[0]:
+                    continue
+                value = ray.get(probe)
+            except ray.exceptions.RayActorError as exc:
+                # unreachable for now, or a request that died with a restartable actor: ask the
+                # actor itself (a probe that dies means the actor is gone for good)
+                transient = isinstance(exc, ray.exceptions.ActorUnavailableError)
+                ask = transient or (is_request and self._restartable)
                 with self._lock:
-                    if actor.probe is probe:
-                        actor.probe = None
-                        self.stats.dead += 1
-                logger.warning("Ray actor %d is gone for good: %s", actor.index, exc)
+                    if actor.probe is not probe or self._closed:
+                        continue
+                    if is_request:
+                        actor.in_flight -= 1
+                    self._set_aside(actor, waiting_for=None, dead=not ask)
+                if not ask:
+                    logger.warning("Ray actor %d is gone for good: %s", actor.index, exc)
+                continue
+            except Exception as exc:  # Ray itself failed (shut down under us): ask again later
+                logger.debug("checking Ray actor %d failed: %s", actor.index, exc)
                 continue
             with self._lock:
                 if actor.probe is not probe:
                     continue
                 actor.probe = None
                 actor.alive = True
-                pid = int(info["pid"])
-                if pid != actor.pid:
-                    logger.warning("Ray actor %d was restarted (pid %d → %d)", actor.index, actor.pid, pid)
-                    self.stats.restarts += 1
-                    actor.pid = pid
+                if is_request:
+                    actor.in_flight -= 1  # the timed-out request has ended: its slot is free
+                pid = value[2] if is_request else value["pid"]
+                self._note_pid(actor, int(pid))
             logger.info("Ray actor %d answers again; it takes requests", actor.index)
         with self._lock:
             return [a.alive for a in self.actors]
 
     def _acquire(self) -> RayActorInfo:
-        """The least-loaded live actor. When every actor is set aside, waits for one to answer its
-        probe (up to ``request_timeout``): a restarting actor is worth waiting for."""
-        waited = False
+        """The least-loaded live actor. When every actor is set aside, waits for one to be taken
+        back, up to ``request_timeout`` (or ``ready_timeout`` without one): a restarting actor is
+        worth waiting for."""
+        deadline: float | None = None
         while True:
             self.check_actors()
             with self._lock:
@@ -476,13 +512,16 @@ class RayScorer:
                 probes = [a.probe for a in self.actors if a.probe is not None]
             if not probes:
                 raise ScoringError(f"all {len(self.actors)} Ray actors of {self._name!r} are dead")
-            if waited:
+            limit = self.request_timeout if self.request_timeout is not None else self.ready_timeout
+            now = time.monotonic()
+            deadline = now + limit if deadline is None else deadline
+            if now >= deadline:
                 raise ScoringError(
-                    f"no Ray actor of {self._name!r} answered within {self.request_timeout:g} s "
+                    f"no Ray actor of {self._name!r} could take a request within {limit:g} s "
                     f"({len(probes)} set aside, {len(self.actors) - len(probes)} dead)"
                 )
-            self._ray.wait(probes, num_returns=1, timeout=self.request_timeout)
-            waited = self.request_timeout is not None
+            with contextlib.suppress(Exception):  # settled (or failed) by check_actors
+                self._ray.wait(probes, num_returns=1, timeout=min(deadline - now, 1.0))
 
     # -- inspection -------------------------------------------------------------------------------
     def actor_pids(self) -> list[int]:
@@ -509,6 +548,11 @@ class RayScorer:
                 ray.kill(actor, no_restart=True)
             except Exception as exc:  # already dead or the cluster is gone
                 logger.debug("killing a Ray actor failed: %s", exc)
+        # Requests still waiting on the killed actors fail within moments; Ray must not be shut
+        # down under them.
+        with self._lock:
+            if not self._idle.wait_for(lambda: self._active == 0, timeout=30):
+                logger.warning("closing a RayScorer while %d request(s) still wait on Ray", self._active)
         _runtime.close(ray)
 
     def __enter__(self) -> RayScorer:

@@ -399,10 +399,15 @@ def test_an_actor_that_does_not_answer_is_set_aside_until_it_answers_again(
             assert time.monotonic() - t0 < 30
             assert [a.alive for a in pool.actors] == [False, True] and pool.stats.timeouts == 1
             assert pool.score(request).extras["ray_actor"] == 1  # the frozen actor is left alone
+            # the timed-out request still holds its slot there (it cannot be interrupted), and the
+            # actor stays aside until it ends
+            time.sleep(1)
+            assert pool.check_actors() == [False, True] and pool.in_flight() == [1, 0]
         finally:
             os.kill(pid, signal.SIGCONT)
-        # thawed, it answers its probe and takes requests again (not a restart, not dead)
+        # thawed, it finishes that request and takes requests again (not a restart, not dead)
         _until(lambda: pool.check_actors() == [True, True])
+        assert pool.in_flight() == [0, 0]
         assert (pool.stats.dead, pool.stats.restarts, pool.actors[0].pid) == (0, 0, pid)
         assert pool.score(request).extras["ray_actor"] == 0
 
@@ -435,6 +440,37 @@ def test_a_restartable_actor_that_died_is_taken_back_after_its_restart(
         assert (pool.stats.dead, pool.stats.restarts) == (0, 1) and pool.actors[0].pid != pid
         assert pool.actor_pids()[0] == pool.actors[0].pid
         assert pool.score(request).extras["ray_actor"] == 0
+
+
+def test_a_one_actor_pool_waits_for_its_actor_to_come_back(cluster: None, model_dir: Path) -> None:
+    request = _two_row_request()
+    options: dict[str, Any] = {"num_actors": 1, "device": "cpu", "max_task_retries": 0, "failover": 1}
+    with RayScorer(str(model_dir), request_timeout=4, **options) as pool:
+        pid = pool.actors[0].pid
+        # frozen: the request times out, then the wait for the actor to come back times out too
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(ScoringError, match=r"within 4 s \(1 set aside, 0 dead\)"):
+                pool.score(request)
+            assert pool.in_flight() == [1] and pool.stats.timeouts == 1
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        _until(lambda: pool.check_actors() == [True])
+        assert pool.in_flight() == [0]
+
+        # killed: the request waits for Ray to restart the actor, then runs on it
+        pool.request_timeout = None  # a restart (a new process loading the model) takes a while
+        os.kill(pid, signal.SIGSTOP)
+        got: list[Any] = []
+        thread = threading.Thread(target=lambda: got.append(pool.score(request)))
+        thread.start()
+        _until(lambda: pool.in_flight()[0] == 1)
+        os.kill(pid, signal.SIGKILL)
+        thread.join(120)
+        assert got and got[0].extras["ray_actor"] == 0 and got[0].n_sequences == 2
+        assert (pool.stats.restarts, pool.stats.dead) == (1, 0) and pool.actors[0].pid != pid
+    with pytest.raises(ScoringError, match="closed"):
+        pool.score(request)
 
 
 def test_the_default_pool_size_counts_only_free_slots(cluster: None, model_dir: Path) -> None:
