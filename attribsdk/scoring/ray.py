@@ -42,6 +42,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,6 +272,9 @@ class RayScorer:
         self.stats = RayStats()
         self.address = address
         _runtime.open(ray, address, init_options)
+        # closes this pool's hold on the runtime once: from close(), or when a pool that was never
+        # closed is collected (Ray ends the actors of dropped handles itself)
+        self._release = weakref.finalize(self, _runtime.close, ray)
         try:
             n = num_actors or _default_actors(ray, num_cpus_per_actor, num_gpus_per_actor)
             if threads is None:
@@ -553,7 +557,7 @@ class RayScorer:
         with self._lock:
             if not self._idle.wait_for(lambda: self._active == 0, timeout=30):
                 logger.warning("closing a RayScorer while %d request(s) still wait on Ray", self._active)
-        _runtime.close(ray)
+        self._release()
 
     def __enter__(self) -> RayScorer:
         return self

@@ -483,6 +483,7 @@ def test_the_default_pool_size_counts_only_free_slots(cluster: None, model_dir: 
 
 def test_ray_started_by_a_pool_stays_up_until_the_last_pool_closes(model_dir: Path) -> None:
     code = f"""
+import gc
 import ray
 from attribsdk.prompt import build_prompt
 from attribsdk.scoring.base import ScoringRequest
@@ -497,6 +498,9 @@ second = RayScorer({str(model_dir)!r}, **options)
 first.close()
 assert ray.is_initialized(), "the first pool's close shut Ray down under the second"
 assert second.score(request).n_sequences == 2
+dropped = RayScorer({str(model_dir)!r}, num_actors=1, device="cpu")
+del dropped  # never closed: collected, it lets go of the runtime
+gc.collect()
 second.close()
 assert not ray.is_initialized(), "Ray started by a pool outlived the last pool"
 print("ok")
