@@ -96,7 +96,9 @@ class LabeledExample(BaseModel):
     def fingerprint(self) -> str:
         """A hash of what an explanation of this example depends on (the prompt's parts, template,
         fixed fields and system message, and the gold indices): it changes when a loader or the
-        data renders the example differently, so results computed before are not mixed in."""
+        data renders the example differently, so results computed before are not mixed in. It
+        hashes every field of the prompt model, so a version that adds one changes it too: a
+        resume is then refused that could have gone on (never the other way round)."""
         payload = json.dumps(
             {"prompt": self.prompt.model_dump(mode="json"), "gold": list(self.gold)},
             sort_keys=True,
