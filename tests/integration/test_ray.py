@@ -385,6 +385,21 @@ def _until(predicate: Any, seconds: float = 90) -> None:
         time.sleep(0.1)
 
 
+def _score_killing(pool: RayScorer, request: ScoringRequest, victim: int = 0) -> Any:
+    """``pool.score(request)`` sent to the frozen actor ``victim``, which is killed once the request
+    is queued on it; the result (or the test fails)."""
+    pid = pool.actors[victim].pid
+    os.kill(pid, signal.SIGSTOP)
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.append(pool.score(request)))
+    thread.start()
+    _until(lambda: pool.in_flight()[victim] == 1)
+    os.kill(pid, signal.SIGKILL)
+    thread.join(120)
+    assert got, "the request did not come back"
+    return got[0]
+
+
 def test_an_actor_that_does_not_answer_is_set_aside_until_it_answers_again(
     cluster: None, model_dir: Path
 ) -> None:
@@ -428,14 +443,7 @@ def test_a_restartable_actor_that_died_is_taken_back_after_its_restart(
     # no task retries: the request on the dying actor fails over, the actor itself comes back
     with RayScorer(str(model_dir), num_actors=2, device="cpu", max_task_retries=0, failover=1) as pool:
         pid = pool.actors[0].pid
-        os.kill(pid, signal.SIGSTOP)
-        got: list[Any] = []
-        thread = threading.Thread(target=lambda: got.append(pool.score(request)))
-        thread.start()
-        _until(lambda: pool.in_flight()[0] == 1)
-        os.kill(pid, signal.SIGKILL)
-        thread.join(120)
-        assert got and got[0].extras["ray_actor"] == 1 and pool.stats.resubmitted == 1
+        assert _score_killing(pool, request).extras["ray_actor"] == 1 and pool.stats.resubmitted == 1
         _until(lambda: pool.check_actors() == [True, True])
         assert (pool.stats.dead, pool.stats.restarts) == (0, 1) and pool.actors[0].pid != pid
         assert pool.actor_pids()[0] == pool.actors[0].pid
@@ -460,14 +468,8 @@ def test_a_one_actor_pool_waits_for_its_actor_to_come_back(cluster: None, model_
 
         # killed: the request waits for Ray to restart the actor, then runs on it
         pool.request_timeout = None  # a restart (a new process loading the model) takes a while
-        os.kill(pid, signal.SIGSTOP)
-        got: list[Any] = []
-        thread = threading.Thread(target=lambda: got.append(pool.score(request)))
-        thread.start()
-        _until(lambda: pool.in_flight()[0] == 1)
-        os.kill(pid, signal.SIGKILL)
-        thread.join(120)
-        assert got and got[0].extras["ray_actor"] == 0 and got[0].n_sequences == 2
+        result = _score_killing(pool, request)
+        assert result.extras["ray_actor"] == 0 and result.n_sequences == 2
         assert (pool.stats.restarts, pool.stats.dead) == (1, 0) and pool.actors[0].pid != pid
     with pytest.raises(ScoringError, match="closed"):
         pool.score(request)
